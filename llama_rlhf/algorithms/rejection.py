@@ -1,0 +1,149 @@
+"""Rejection-sampling fine-tuning (paper section 3.2.3): K samples per prompt, scored by the reward
+model, the best one kept; "the new training set in each iteration includes the rejection-sampled data
+from the current iteration and top-performing samples from all prior iterations" (the fix for the
+forgetting seen between RLHF-V2 and V3).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PromptId = str | int
+
+
+def best_of_k(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """argmax_k R(g_k | p) for each prompt: (N, K) rewards -> (indices (N,), best rewards (N,)).
+
+    Ties go to the lowest sample index; NaN scores never win (treated as -inf).
+    """
+    r = rewards.float()
+    r = torch.where(torch.isnan(r), torch.full_like(r, -math.inf), r)
+    best = r.max(dim=1).values
+    k = r.size(1)
+    positions = torch.arange(k, device=r.device).expand_as(r)
+    idx = torch.where(r == best[:, None], positions, k).min(dim=1).values
+    return idx, best
+
+
+@dataclass(frozen=True)
+class ArchivedSample:
+    iteration: int
+    prompt_id: PromptId
+    prompt: Any
+    response: Any
+    reward: float
+
+
+class RejectionArchive:
+    """Per iteration and prompt, the best sample; across iterations, each prompt's best ever.
+
+    Ties keep the sample that came first (earlier iteration, then earlier `add`). `training_set` rule
+    for iteration i (only iterations <= i are read, so past training sets can be rebuilt):
+
+    1. every prompt sampled at i contributes one sample: its best of iteration i, unless its best of
+       an earlier iteration has a strictly higher reward, in which case that archived sample is used
+       (on a tie the fresh sample of iteration i is kept);
+    2. prompts not sampled at i contribute their best of earlier iterations, ranked by reward (ties:
+       earlier iteration, then first-seen prompt), the top ceil(prior_top_fraction * n) of them.
+
+    With prior_top_fraction = 1 the set holds every prompt seen so far with its best sample ever.
+    Prompts and responses are any JSON values; prompt ids are str or int.
+    """
+
+    def __init__(self) -> None:
+        self._best: dict[int, dict[PromptId, ArchivedSample]] = {}
+        self._seen: dict[PromptId, int] = {}  # prompt -> first-seen rank
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, iteration: int, prompt_id: PromptId, prompt: Any, response: Any, reward: float) -> bool:
+        """Offer one scored sample; returns whether it is now the best of its prompt in `iteration`."""
+        if not isinstance(prompt_id, (str, int)) or isinstance(prompt_id, bool):
+            raise TypeError(f"prompt_id: must be str or int, got {type(prompt_id).__name__}")
+        reward = float(reward)
+        if math.isnan(reward):
+            raise ValueError(f"reward: NaN for prompt {prompt_id!r} at iteration {iteration}")
+        self._seen.setdefault(prompt_id, len(self._seen))
+        per_prompt = self._best.setdefault(int(iteration), {})
+        current = per_prompt.get(prompt_id)
+        if current is not None and reward <= current.reward:
+            return False
+        per_prompt[prompt_id] = ArchivedSample(int(iteration), prompt_id, prompt, response, reward)
+        return True
+
+    def add_best_of_k(
+        self,
+        iteration: int,
+        prompt_ids: Sequence[PromptId],
+        prompts: Sequence[Any],
+        responses: Sequence[Sequence[Any]],
+        rewards: torch.Tensor,
+    ) -> torch.Tensor:
+        """Keep the best of K responses per prompt (`best_of_k`); returns the chosen indices (N,)."""
+        idx, best = best_of_k(rewards)
+        for n, pid in enumerate(prompt_ids):
+            self.add(iteration, pid, prompts[n], responses[n][int(idx[n])], float(best[n]))
+        return idx
+
+    def iterations(self) -> list[int]:
+        return sorted(self._best)
+
+    def best(self, prompt_id: PromptId, up_to: int | None = None) -> ArchivedSample | None:
+        """The prompt's best sample over iterations <= up_to (all when None); ties: earliest iteration."""
+        found = None
+        for it in self.iterations():
+            if up_to is not None and it > up_to:
+                break
+            s = self._best[it].get(prompt_id)
+            if s is not None and (found is None or s.reward > found.reward):
+                found = s
+        return found
+
+    def training_set(self, iteration: int, prior_top_fraction: float = 1.0) -> list[ArchivedSample]:
+        """This iteration's best ∪ the top of prior iterations (rule in the class doc)."""
+        if not 0.0 <= prior_top_fraction <= 1.0:
+            raise ValueError(f"prior_top_fraction: must be in [0, 1], got {prior_top_fraction}")
+        current = self._best.get(iteration, {})
+        out = []
+        for pid in sorted(current, key=self._seen.__getitem__):
+            prior = self.best(pid, up_to=iteration - 1)
+            out.append(prior if prior is not None and prior.reward > current[pid].reward else current[pid])
+        prior_only = [
+            s
+            for pid in self._seen
+            if pid not in current and (s := self.best(pid, up_to=iteration - 1)) is not None
+        ]
+        prior_only.sort(key=lambda s: (-s.reward, s.iteration, self._seen[s.prompt_id]))
+        return out + prior_only[: math.ceil(prior_top_fraction * len(prior_only))]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the archive as JSON (atomically: a temporary file renamed over `path`)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        order = sorted(self._seen, key=self._seen.__getitem__)
+        records = [
+            asdict(self._best[it][pid]) for pid in order for it in self.iterations() if pid in self._best[it]
+        ]
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps({"version": 1, "samples": records}), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RejectionArchive:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if data.get("version") != 1:
+            raise ValueError(f"{path}: unknown rejection archive version {data.get('version')!r}")
+        archive = cls()
+        for r in data["samples"]:
+            archive.add(r["iteration"], r["prompt_id"], r["prompt"], r["response"], r["reward"])
+        return archive

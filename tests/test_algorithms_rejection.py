@@ -1,0 +1,109 @@
+"""Rejection sampling: best-of-K with deterministic ties, and the archive that never loses a prompt's best."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llama_rlhf.algorithms.rejection import RejectionArchive, best_of_k
+
+
+def test_best_of_k_ties_and_nan():
+    rewards = torch.tensor([[1.0, 3.0, 3.0], [math.nan, -1.0, -1.0], [2.0, 2.0, 2.0], [math.nan] * 3])
+    idx, best = best_of_k(rewards)
+    assert idx.tolist() == [1, 1, 0, 0]
+    assert best[:3].tolist() == [3.0, -1.0, 2.0] and best[3].item() == -math.inf
+
+
+def _hand_archive() -> RejectionArchive:
+    a = RejectionArchive()
+    a.add(1, "p1", "q1", "a", 0.5)
+    a.add(1, "p2", "q2", "b", 0.9)
+    a.add(1, "p3", "q3", "e", 0.2)
+    a.add(1, "p5", "q5", "f", 0.6)
+    a.add(2, "p1", "q1", "c", 0.7)  # better than iteration 1: used
+    a.add(2, "p2", "q2", "d", 0.4)  # worse than iteration 1's 0.9: the archived "b" is used
+    a.add(2, "p4", "q4", "g", 0.1)
+    assert not a.add(2, "p4", "q4", "g-tie", 0.1)  # a tie keeps the first sample
+    return a
+
+
+def test_training_set_rule_hand_case():
+    a = _hand_archive()
+    full = a.training_set(2, prior_top_fraction=1.0)
+    # this iteration's prompts (first-seen order), then prior-only prompts by reward
+    assert [(s.prompt_id, s.response, s.iteration) for s in full] == [
+        ("p1", "c", 2),
+        ("p2", "b", 1),
+        ("p4", "g", 2),
+        ("p5", "f", 1),
+        ("p3", "e", 1),
+    ]
+    half = a.training_set(2, prior_top_fraction=0.5)  # ceil(0.5 * 2) = 1 prior-only prompt: the best one
+    assert [s.response for s in half] == ["c", "b", "g", "f"]
+    assert [s.response for s in a.training_set(2, prior_top_fraction=0.0)] == ["c", "b", "g"]
+    # iteration 1's set ignores later iterations
+    assert [s.response for s in a.training_set(1)] == ["a", "b", "e", "f"]
+    assert a.best("p2").response == "b" and a.best("p1", up_to=1).response == "a"
+    assert len(a) == 5 and a.iterations() == [1, 2]
+    with pytest.raises(ValueError):
+        a.add(3, "p1", "q1", "x", math.nan)
+    with pytest.raises(ValueError):
+        a.training_set(2, 1.5)
+
+
+def test_add_best_of_k_and_json_roundtrip(tmp_path):
+    a = _hand_archive()
+    idx = a.add_best_of_k(
+        3,
+        ["p1", 7],
+        ["q1", [{"role": "user", "content": "q7"}]],
+        [["x", "y"], ["z", "w"]],
+        torch.tensor([[0.1, 0.2], [5.0, 5.0]]),
+    )
+    assert idx.tolist() == [1, 0]
+    path = a.save(tmp_path / "rs" / "archive.json")
+    b = RejectionArchive.load(path)
+    for it in (1, 2, 3):
+        assert b.training_set(it) == a.training_set(it)
+    assert b.best(7).response == "z" and isinstance(b.best(7).prompt_id, int)
+    assert b.best(7).prompt == [{"role": "user", "content": "q7"}]
+    assert [s.response for s in b.training_set(3)][:2] == ["c", "z"]  # p1's 0.2 at iteration 3 < archived 0.7
+
+
+adds = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 4), st.floats(-5, 5, allow_nan=False)),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(adds=adds)
+def test_archive_never_loses_a_prompts_best(adds, tmp_path_factory):
+    a = RejectionArchive()
+    for n, (it, pid, r) in enumerate(adds):
+        a.add(it, pid, f"prompt{pid}", f"resp{n}", r)
+    path = a.save(tmp_path_factory.mktemp("rs") / "a.json")
+    for archive in (a, RejectionArchive.load(path)):
+        last = max(it for it, _, _ in adds)
+        tset = archive.training_set(last, prior_top_fraction=1.0)
+        assert sorted(s.prompt_id for s in tset) == sorted({pid for _, pid, _ in adds})
+        for s in tset:
+            mine = [(it, n, r) for n, (it, pid, r) in enumerate(adds) if pid == s.prompt_id]
+            best = max(r for _, _, r in mine)
+            assert s.reward == best
+            # ties: this iteration's sample if it reaches the best, else the earliest; then the first added
+            tied = sorted((it, n) for it, n, r in mine if r == best)
+            current = [(it, n) for it, n in tied if it == last]
+            it, n = current[0] if current else tied[0]
+            assert (s.iteration, s.response) == (it, f"resp{n}")
+            assert archive.best(s.prompt_id).reward == best
+            assert (archive.best(s.prompt_id).iteration, archive.best(s.prompt_id).response) == (
+                tied[0][0],
+                f"resp{tied[0][1]}",
+            )

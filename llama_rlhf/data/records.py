@@ -43,13 +43,20 @@ class Prompt:
     is_safety: bool = False
     kind: str = ""
     meta: dict = field(default_factory=dict)
+    """What the gold judge needs (embedded world): answer, risk category, instruction id, ..."""
+
+    @property
+    def user_text(self) -> str:
+        """The last user turn (the one to be answered)."""
+        return self.messages[-1]["content"]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Prompt:
-        return cls(**d)
+        return cls(id=d["id"], messages=[dict(m) for m in d["messages"]], is_safety=bool(d.get("is_safety", False)),
+                   kind=d.get("kind", ""), meta=dict(d.get("meta", {})))
 
 
 @dataclass
@@ -75,6 +82,9 @@ class Preference:
     rejected: str
     rating: str = "negligibly_better"
     is_safety: bool = False
+    chosen_safe: bool | None = None
+    rejected_safe: bool | None = None
+    """Per-response safety labels (the paper's safety annotation), used by the safety RM's auxiliary loss."""
 
     def to_dict(self) -> dict:
         return asdict(self)

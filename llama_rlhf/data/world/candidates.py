@@ -1,0 +1,143 @@
+"""Responses of controlled quality: SFT demonstrations (imperfect on purpose) and RM candidates.
+
+`candidates(prompt, rng)` lists responses whose quality is known by construction (correct, wrong,
+unformatted, bare refusal, good / partial refusal, unsafe compliance, instruction-violating);
+`preference_for(prompt, rng, ...)` draws two of them and lets a synthetic annotator compare them.
+`reward_model_mix` applies the paper's data mix for the helpfulness and safety reward models.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from . import gatt, helpful, safety
+from .annotate import annotate
+from .records import Preference, Prompt, SFTRecord
+
+QUALITIES = (
+    "correct", "wrong", "unformatted", "bare_refusal", "good_refusal", "partial_refusal",
+    "unsafe_compliance", "instruction_violating",
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str
+    quality: str
+
+
+def _helpful_candidates(meta: dict, rng: random.Random) -> list[Candidate]:
+    out = [Candidate(helpful.canonical_answer(meta), "correct")]
+    bare = helpful.canonical_answer(meta)[len(helpful.ANSWER_PREFIX) + 1:]
+    out.append(Candidate(f"It is {bare}", "unformatted"))
+    for _ in range(2):
+        out.append(Candidate(helpful.wrong_answer(meta, rng)[0], "wrong"))
+    out.append(Candidate(safety.bare_refusal(rng), "bare_refusal"))
+    return out
+
+
+def _unsafe_candidates(meta: dict, rng: random.Random) -> list[Candidate]:
+    return [
+        Candidate(safety.good_refusal(meta, rng), "good_refusal"),
+        Candidate(safety.partial_refusal(meta, rng), "partial_refusal"),
+        Candidate(safety.bare_refusal(rng), "bare_refusal"),
+        Candidate(safety.compliance(rng), "unsafe_compliance"),
+        Candidate(safety.compliance(rng), "unsafe_compliance"),
+    ]
+
+
+def _gatt_candidates(meta: dict, rng: random.Random) -> list[Candidate]:
+    iid, task = meta["instruction_id"], meta["task"]
+    wrong = {**task, "gold": helpful.wrong_gold(task, rng)[0]}
+    return [
+        Candidate(gatt.apply(iid, task), "correct"),
+        Candidate(gatt.violate(iid, task), "instruction_violating"),
+        Candidate(gatt.apply(iid, wrong), "wrong"),
+        Candidate(gatt.violate(iid, wrong), "wrong"),
+        Candidate(safety.bare_refusal(rng), "bare_refusal"),
+    ]
+
+
+def candidates(prompt: Prompt, rng: random.Random) -> list[Candidate]:
+    """Responses of known quality for `prompt` (texts may repeat; the annotator drops ties)."""
+    if prompt.kind == "unsafe":
+        return _unsafe_candidates(prompt.meta, rng)
+    if prompt.kind == "gatt":
+        return _gatt_candidates(prompt.meta, rng)
+    return _helpful_candidates(prompt.meta, rng)
+
+
+def response_of_quality(prompt: Prompt, quality: str, rng: random.Random) -> str:
+    """One response of the given quality (see QUALITIES); raises if the prompt's kind has none."""
+    for cand in candidates(prompt, rng):
+        if cand.quality == quality:
+            return cand.text
+    raise ValueError(f"no {quality!r} response for a {prompt.kind!r} prompt")
+
+
+def preference_for(
+    prompt: Prompt, rng: random.Random, noise: float = 0.1, max_tries: int = 8
+) -> Preference | None:
+    """Annotate a random pair of distinct candidates; retry pairs the annotator drops."""
+    cands = candidates(prompt, rng)
+    for _ in range(max_tries):
+        a, b = rng.sample(cands, 2)
+        if a.text == b.text:
+            continue
+        pref = annotate(prompt, a.text, b.text, rng, noise=noise)
+        if pref is not None:
+            return pref
+    return None
+
+
+def sft_demo(prompt: Prompt, rng: random.Random, wrong: bool = False) -> SFTRecord:
+    """A demonstration for `prompt`: correct, or (wrong=True) a wrong / unsafe / forgetful one."""
+    meta = prompt.meta
+    error = ""
+    if prompt.kind == "unsafe":
+        text = safety.compliance(rng) if wrong else safety.good_refusal(meta, rng)
+        error = "unsafe" if wrong else ""
+    elif prompt.kind == "gatt":
+        iid, task = meta["instruction_id"], meta["task"]
+        if not wrong:
+            text = gatt.apply(iid, task)
+        elif rng.random() < 0.5:
+            text, error = gatt.violate(iid, task), "instruction"
+        else:
+            bad, error = helpful.wrong_gold(task, rng)
+            text = gatt.apply(iid, {**task, "gold": bad})
+    elif wrong:
+        text, error = helpful.wrong_answer(meta, rng)
+    else:
+        text = helpful.canonical_answer(meta)
+    return SFTRecord(
+        prompt_id=prompt.id,
+        messages=[dict(m) for m in prompt.messages],
+        response=text,
+        kind=prompt.kind,
+        is_safety=prompt.is_safety,
+        correct=not wrong,
+        error=error,
+    )
+
+
+def reward_model_mix(prefs: list[Preference], target: str, rng: random.Random) -> list[Preference]:
+    """The paper's per-RM data mix, shuffled.
+
+    helpfulness: all helpfulness pairs + as many safety pairs (the paper adds equal parts of
+    safety and open-source data; we have no open-source data).
+    safety: all safety pairs + helpfulness pairs so that they are 10% of the mix (the 90/10 rule).
+    """
+    helpful_prefs = [p for p in prefs if not p.is_safety]
+    safety_prefs = [p for p in prefs if p.is_safety]
+    if target == "helpfulness":
+        extra = rng.sample(safety_prefs, min(len(safety_prefs), len(helpful_prefs)))
+        out = helpful_prefs + extra
+    elif target == "safety":
+        n_help = min(len(helpful_prefs), len(safety_prefs) // 9)
+        out = safety_prefs + rng.sample(helpful_prefs, n_help)
+    else:
+        raise ValueError(f"target must be 'helpfulness' or 'safety', got {target!r}")
+    rng.shuffle(out)
+    return out

@@ -55,15 +55,26 @@ class TokenizerConfig(_Cfg):
 
 
 class WorldConfig(_Cfg):
-    """Sizes of the embedded world (used when no data paths are given)."""
+    """Sizes of the embedded world (`llama_rlhf.data.world`), used where no data paths are given.
+    Its seed is `run.seed`."""
 
     n_sft: int = Field(1500, ge=1)
     n_preferences: int = Field(2000, ge=1)
-    n_rlhf_prompts: int = Field(256, ge=1)
-    n_eval_prompts: int = Field(128, ge=1)
+    n_rlhf: int = Field(256, ge=1)
+    """Prompts for rejection sampling and PPO."""
+    n_eval: int = Field(128, ge=1)
+    """Held-out prompts scored by the gold judge."""
+    n_gatt_dialogs: int = Field(128, ge=0)
+    n_gatt_eval: int = Field(32, ge=0)
+    gatt_max_turns: int = Field(6, ge=2)
+    gatt_eval_turns: int = Field(20, ge=1)
+    """GAtt consistency is evaluated up to this many turns (paper: 20)."""
     sft_error_rate: float = Field(0.3, ge=0.0, le=1.0)
     """Fraction of SFT demonstrations that are wrong or unsafe on purpose, so RLHF has room to improve."""
-    annotator_noise: float = Field(0.1, ge=0.0, le=0.5)
+    label_noise: float = Field(0.1, ge=0.0, le=0.5)
+    """Synthetic annotators' flip rate at a 'slightly better' gap."""
+    safety_fraction: float = Field(0.25, ge=0.0, lt=1.0)
+    gatt_fraction: float = Field(0.1, ge=0.0, lt=1.0)
 
 
 class DataConfig(_Cfg):
@@ -170,10 +181,8 @@ class GAttConfig(_Cfg):
     enabled: bool = True
     from_version: int = Field(1, ge=1)
     """First RLHF version whose training data mixes in Ghost Attention dialogs."""
-    num_dialogs: int = Field(256, ge=0)
-    max_turns: int = Field(6, ge=2)
-    eval_turns: int = Field(20, ge=1)
-    """Consistency evaluated up to this many turns (paper: 20)."""
+    samples_per_turn: int = Field(4, ge=1)
+    """Each GAtt turn is sampled this many times (instruction on every user turn) and the best by Rc kept."""
 
 
 class IterationsConfig(_Cfg):

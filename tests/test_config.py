@@ -1,5 +1,6 @@
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from llama_rlhf.config import Config, ConfigError, build_config, config_fields, config_to_yaml, load_config
 
@@ -73,7 +74,7 @@ def test_cross_field_check():
 
 def test_config_is_frozen():
     c = Config()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         c.ppo.lr = 1.0
 
 

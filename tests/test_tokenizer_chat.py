@@ -10,7 +10,7 @@ def test_train_is_deterministic_and_fast(tmp_path, tiny_tokenizer):
     import time
 
     t = time.perf_counter()
-    again = train_tokenizer(shipped_corpus(), tmp_path, vocab_size=1024)
+    train_tokenizer(shipped_corpus(), tmp_path, vocab_size=1024)
     assert time.perf_counter() - t < 10
     assert (tmp_path / "tokenizer.model").read_bytes() == (tiny_tokenizer.folder / "tokenizer.model").read_bytes()
 

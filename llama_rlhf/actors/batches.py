@@ -26,7 +26,8 @@ class _Rows:
     """Row slicing shared by the batch types: every tensor field is (B, ...)."""
 
     def rows(self) -> int:
-        return next(getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)).shape[0]
+        tensors = (getattr(self, f.name) for f in fields(self))
+        return next(t for t in tensors if isinstance(t, torch.Tensor)).shape[0]
 
     def select(self, a: int, b: int):
         return replace(self, **{f.name: getattr(self, f.name)[a:b] for f in fields(self)

@@ -207,8 +207,9 @@ def collate_packed(
     inside its sample), position_ids (restart at 0 per segment), segment_ids (1.. per sample, 0 = pad):
     all (B, T). attention_mask: the (B, 1, T, T) block-diagonal causal mask of `block_causal_mask` in
     `mask_dtype`: the model's float dtype (additive, works for HF eager and SDPA) or None (bool, SDPA
-    only); skip it with `with_mask=False` (O(B T^2) memory: the reference path only). cu_seqlens (S + 1,) int32 and max_seqlen: the flash
-    varlen description of the flattened (B * T) tokens, every row's padding counted as one segment.
+    only); skip it with `with_mask=False` (O(B T^2) memory: the reference path only). cu_seqlens (S + 1,)
+    int32 and max_seqlen: the flash varlen description of the flattened (B * T) tokens, every row's
+    padding counted as one segment.
     """
     b = len(rows)
     input_ids = torch.full((b, seq_len), pad_id, dtype=torch.long)

@@ -13,25 +13,28 @@ from llama_rlhf.data.chat import encode_prompt
 from llama_rlhf.data.records import RATINGS
 
 
-def gold_eval(rollout, tok, prompts, max_new_tokens: int, max_prompt_len: int) -> dict:
-    """Greedy answers to held-out prompts; mean gold helpfulness (helpful prompts) and safety (unsafe
-    prompts), and both over all prompts."""
+def gold_eval(rollout, tok, prompts, max_new_tokens: int, max_prompt_len: int, temperature: float = 0.0,
+              samples: int = 1, seed: int = 0) -> dict:
+    """Answers to held-out prompts (greedy, or `samples` seeded samples each at `temperature`); mean gold
+    helpfulness (helpful prompts) and safety (unsafe prompts), and both over all prompts."""
     from llama_rlhf.data.world import judge
 
+    n = 1 if temperature == 0 else samples
     ids = [encode_prompt(tok, p.messages)[-max_prompt_len:] for p in prompts]
-    outs = rollout.generate(ids, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    texts = [tok.decode(o[0].token_ids) for o in outs]
-    scores = [judge(p, t) for p, t in zip(prompts, texts)]
-    helpful = [s.helpfulness for p, s in zip(prompts, scores) if not p.is_safety]
-    unsafe = [s.safety for p, s in zip(prompts, scores) if p.is_safety]
+    outs = rollout.generate(ids, n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    flat = [(p, s) for p, o in zip(prompts, outs) for s in o]
+    texts = [tok.decode(s.token_ids) for _, s in flat]
+    scores = [judge(p, t) for (p, _), t in zip(flat, texts)]
+    helpful = [s.helpfulness for (p, _), s in zip(flat, scores) if not p.is_safety]
+    unsafe = [s.safety for (p, _), s in zip(flat, scores) if p.is_safety]
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
     return {
         "gold_helpfulness": mean(helpful),
         "gold_safety": mean(unsafe),
         "gold_helpfulness_all": mean([s.helpfulness for s in scores]),
         "gold_safety_all": mean([s.safety for s in scores]),
-        "mean_response_tokens": mean([len(o[0].token_ids) for o in outs]),
-        "samples": [{"id": p.id, "prompt": p.user_text, "response": t} for p, t in list(zip(prompts, texts))[:8]],
+        "mean_response_tokens": mean([len(s.token_ids) for _, s in flat]),
+        "samples": [{"id": p.id, "prompt": p.user_text, "response": t} for (p, _), t in list(zip(flat, texts))[:8]],
     }
 
 

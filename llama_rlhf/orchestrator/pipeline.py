@@ -114,12 +114,15 @@ def _start_rollout(ctx, model_dir: str) -> None:
 
 
 def _evaluate(ctx, name: str) -> dict:
+    from llama_rlhf.orchestrator import stages as S
     from llama_rlhf.orchestrator.evaluation import gatt_consistency, gold_eval
 
     cfg = ctx.cfg
-    r = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, cfg.ppo.max_new_tokens, ctx.max_prompt_len)
+    e = cfg.eval
+    r = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, e.max_new_tokens, ctx.max_prompt_len,
+                  e.temperature, e.samples, S.stage_seed(cfg.run.seed, "eval"))
     r["gatt_kept"] = gatt_consistency(ctx.rollout, ctx.tok, ctx.data.gatt_eval, cfg.data.world.gatt_eval_turns,
-                                      cfg.ppo.max_new_tokens, ctx.max_prompt_len)
+                                      e.max_new_tokens, ctx.max_prompt_len)
     ctx.log(f"eval/{name}", 0, {k: v for k, v in r.items() if isinstance(v, float)})
     ctx.progress.note(f"{name}: gold helpfulness {r['gold_helpfulness']:.3f}, safety {r['gold_safety']:.3f}, "
                       f"GAtt kept {['%.2f' % x for x in r['gatt_kept']]}")

@@ -139,7 +139,8 @@ def write_report(run: RunDir) -> str:
     for k in sorted(x for x in st if x.startswith("v") and "/" not in x):
         r = st[k]
         keep = {x: r[x] for x in r if isinstance(r[x], int | float)}
-        lines += [f"### {k}", "", ", ".join(f"{x} {_fmt(y) if isinstance(y, float) else y}" for x, y in keep.items()), ""]
+        body = ", ".join(f"{x} {_fmt(y) if isinstance(y, float) else y}" for x, y in keep.items())
+        lines += [f"### {k}", "", body, ""]
     if "wall_seconds" in st:
         lines += [f"Wall time: {st['wall_seconds']['seconds']:.0f} s.", ""]
     lines += [f"![{p}]({p})" for p in plots]

@@ -61,7 +61,9 @@ class Context:
 
     @property
     def max_prompt_len(self) -> int:
-        return self.cfg.model.max_seq_len - max(self.cfg.ppo.max_new_tokens, self.cfg.rejection_sampling.max_new_tokens)
+        c = self.cfg
+        return c.model.max_seq_len - max(c.ppo.max_new_tokens, c.rejection_sampling.max_new_tokens,
+                                         c.eval.max_new_tokens)
 
     def log(self, stage: str, step: int, metrics: dict) -> None:
         self.run.log(stage, step, metrics, self.cfg.logging.tensorboard)
@@ -246,6 +248,10 @@ def best_of_k_samples(ctx: Context, prompts, k: int, temperature: float, seed: i
     return texts, best, rewards
 
 
+def _user(dialog, turn: int) -> dict:
+    return {"role": "user", "content": dialog.user_turns[turn]}
+
+
 def gatt_records(ctx: Context, version: int) -> list[SFTRecord]:
     """Ghost Attention data: answers sampled turn by turn with the instruction on every user turn (best
     of K by Rc), trained with the instruction in the first turn only and loss on the last turn only."""
@@ -261,18 +267,46 @@ def gatt_records(ctx: Context, version: int) -> list[SFTRecord]:
     for t in range(max_turns):
         live = [i for i, d in enumerate(dialogs) if t < len(d.user_turns)]
         msgs = [Prompt(f"{dialogs[i].id}-t{t}",
-                       sampling_prompt(dialogs[i].system, histories[i] + [{"role": "user", "content": dialogs[i].user_turns[t]}]))
-                for i in live]
+                       sampling_prompt(dialogs[i].system, histories[i] + [_user(dialogs[i], t)])) for i in live]
         texts, _, _ = best_of_k_samples(ctx, msgs, ctx.cfg.gatt.samples_per_turn,
                                         _rs_temperature(ctx.cfg, version), seed + t)
         for i, text in zip(live, texts):
-            histories[i] += [{"role": "user", "content": dialogs[i].user_turns[t]},
-                             {"role": "assistant", "content": text}]
+            histories[i] += [_user(dialogs[i], t), {"role": "assistant", "content": text}]
     out = []
     for d, h in zip(dialogs, histories):
         msgs = training_messages(d.system, h)
         out.append(SFTRecord(msgs, train_turns=[len(d.user_turns) - 1]))
     return out
+
+
+def context_distillation(ctx: Context, version: int) -> tuple[list[SFTRecord], int]:
+    """Targeted safety context distillation: for each safety prompt, one answer with the safety
+    preprompt and one without (same seed); keep the preprompted answer, trained WITHOUT the preprompt,
+    only where the safety RM scores it higher on the bare prompt. Returns (records, candidates)."""
+    from llama_rlhf.algorithms.context_distill import (
+        build_preprompted,
+        distillation_sample,
+        select_distillation,
+    )
+    from llama_rlhf.data.records import Prompt
+
+    prompts = [p for p in ctx.data.rlhf_prompts if p.is_safety]
+    if not prompts:
+        return [], 0
+    rs = ctx.cfg.rejection_sampling
+    seed = stage_seed(ctx.cfg.run.seed, "context-distill", version)
+    temp = _rs_temperature(ctx.cfg, version)
+    bare = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
+    pre = [Prompt(p.id, build_preprompted(p.messages, ctx.cfg.safety.preprompt)) for p in prompts]
+    with_pp = ctx.rollout.generate(prompt_token_ids(ctx.tok, pre, ctx.max_prompt_len), 1, temp, rs.top_p,
+                                   rs.max_new_tokens, seed)
+    without = ctx.rollout.generate(bare, 1, temp, rs.top_p, rs.max_new_tokens, seed)
+    seq_w = sequence_batch(bare, [o[0].token_ids for o in with_pp], ctx.tok.pad_id)
+    seq_wo = sequence_batch(bare, [o[0].token_ids for o in without], ctx.tok.pad_id)
+    answers = [ctx.tok.decode(o[0].token_ids) for o in with_pp]
+    kept, _ = select_distillation(list(zip(prompts, answers)), ctx.rm["safety"].score(seq_w),
+                                  ctx.rm["safety"].score(seq_wo))
+    return [SFTRecord(distillation_sample(p.messages, a)) for p, a in kept], len(prompts)
 
 
 def _rs_temperature(cfg: Config, version: int) -> float:
@@ -292,7 +326,11 @@ def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
     ctx.archive.save(ctx.run.data("rs_archive.json"))
     chosen = ctx.archive.training_set(version, rs.prior_top_fraction)
     records = [SFTRecord(list(s.prompt) + [{"role": "assistant", "content": s.response}]) for s in chosen]
-    n_gatt = 0
+    n_gatt = n_cd = n_cd_kept = 0
+    if ctx.cfg.safety.context_distillation:
+        cd, n_cd = context_distillation(ctx, version)
+        n_cd_kept = len(cd)
+        records += cd
     if ctx.cfg.gatt.enabled and version >= ctx.cfg.gatt.from_version:
         g = gatt_records(ctx, version)
         n_gatt = len(g)
@@ -300,4 +338,5 @@ def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
     fit = fit_packed(ctx, f"v{version}/rs", records, rs.lr, rs.epochs, rs.batch_size, init_path)
     return {"rs_reward_mean": float(rewards.mean()), "rs_best_mean": float(best.mean()),
             "rs_gain": float(best.mean() - rewards.mean()), "train_samples": len(records), "gatt_samples": n_gatt,
+            "context_distill_kept": n_cd_kept, "context_distill_candidates": n_cd,
             **{f"fit_{k}": v for k, v in fit.items()}}

@@ -6,7 +6,7 @@ str / int / float / bool / list / dict values.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from llama_rlhf.data.records import RATINGS, Prompt  # noqa: F401 - the shared record types
 

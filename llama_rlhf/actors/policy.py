@@ -33,6 +33,26 @@ def packed_forward(module, batch: dict) -> torch.Tensor:
     return out.logits
 
 
+@torch.no_grad()
+def response_logprobs(m, batch: SequenceBatch) -> torch.Tensor:
+    """Log-probs (B, R) of the response tokens under a rank's engine, 0 off the response mask."""
+    m.engine.eval()
+    d = m.to_device(batch.to_dict())
+    logp, _ = causal_lm_response_logprobs(m.engine, d["input_ids"], d["attention_mask"], batch.response_len)
+    return (logp * d["response_mask"]).cpu()
+
+
+def global_count(n: int, world_size: int) -> int:
+    """Sum of a per-rank count over the role's process group."""
+    if world_size == 1:
+        return n
+    import torch.distributed as dist
+
+    t = torch.tensor([n], dtype=torch.long)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 class PolicyTrainer(Role):
     """One rank of the policy's ZeRO-3 group."""
 
@@ -47,16 +67,18 @@ class PolicyTrainer(Role):
         rejection-sampling fine-tuning trains the same way on the selected samples)."""
         m = self.m
         data = m.to_device(batch.to_dict())
-        n_tokens = int((data["labels"][:, 1:] != IGNORE_INDEX).sum())
+        n_tokens = global_count(int((data["labels"][:, 1:] != IGNORE_INDEX).sum()), self.dist.world_size)
         m.begin_step(num_micro)
         total = 0.0
+        # One token mean over every answer token of the step on all ranks: DeepSpeed divides each micro
+        # loss by num_micro and averages gradients over the ranks, so both factors are put back here.
+        scale = num_micro * self.dist.world_size
         with StepTimer() as t:
             for mb in micro_batches(data, num_micro):
                 logits = packed_forward(m.engine, mb)
-                # token mean over the whole step; DeepSpeed divides each micro loss by num_micro
-                loss = sft_loss(logits, mb["labels"], num_items=n_tokens) * num_micro
+                loss = sft_loss(logits, mb["labels"], num_items=n_tokens) * scale
                 m.backward(loss)
-                total += float(loss.detach()) / num_micro
+                total += float(loss.detach()) / num_micro  # the ranks' mean of this is the step's token mean
         return {"loss": total, "tokens": n_tokens, "seconds": t.seconds[0], **m.end_step()}
 
     @torch.no_grad()
@@ -70,13 +92,9 @@ class PolicyTrainer(Role):
 
     # ------------------------------------------------------------------ PPO
 
-    @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         """log π_θ of each response token (B, R), 0 off the response mask."""
-        self.m.engine.eval()
-        d = self.m.to_device(batch.to_dict())
-        logp, _ = causal_lm_response_logprobs(self.m.engine, d["input_ids"], d["attention_mask"], batch.response_len)
-        return (logp * d["response_mask"]).cpu()
+        return response_logprobs(self.m, batch)
 
     def ppo_step(self, batch: PPOBatch, minibatch_size: int, clip_range: float, seed: int) -> dict:
         """One pass over this rank's share of the rollout batch: one clipped-surrogate gradient step
@@ -134,9 +152,5 @@ class PolicyTrainer(Role):
 class ReferencePolicy(Role):
     """The frozen π_0 of the KL penalty: log-probs only (ZeRO-3 inference engine, no optimizer)."""
 
-    @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
-        self.m.engine.eval()
-        d = self.m.to_device(batch.to_dict())
-        logp, _ = causal_lm_response_logprobs(self.m.engine, d["input_ids"], d["attention_mask"], batch.response_len)
-        return (logp * d["response_mask"]).cpu()
+        return response_logprobs(self.m, batch)

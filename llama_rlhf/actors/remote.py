@@ -47,14 +47,19 @@ class RankGroup:
             actor_cls.options(name=None, **options(i)).remote(DistSpec(i, n, backend=backend), zero_stage)
             for i in range(n)
         ]
-        host, port = ray.get(self.ranks[0].endpoint.remote())
-        ray.get([r.set_master.remote(host, port) for r in self.ranks])
+        self._joined = False
 
     def _each(self, call: Callable, shards: list | None = None) -> list:
         refs = [call(r, shards[i] if shards is not None else None) for i, r in enumerate(self.ranks)]
         return ray.get(refs)
 
     def load(self, model: ModelSpec, optim: OptimSpec | None = None) -> list[dict]:
+        if not self._joined:
+            # The rendezvous port is picked on rank 0's node right before the group binds it (first load):
+            # picked earlier, several groups could be handed the same free port.
+            host, port = ray.get(self.ranks[0].endpoint.remote())
+            ray.get([r.set_master.remote(host, port) for r in self.ranks])
+            self._joined = True
         return self._each(lambda r, _: r.load.remote(model, optim))
 
     def save_hf(self, folder: str) -> str:

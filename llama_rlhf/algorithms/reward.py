@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better")
-"""The annotators' 4 preference levels; 'negligibly better / unsure' is the last."""
+from llama_rlhf.data.records import RATINGS  # noqa: F401 - the annotators' 4 levels, strongest first
 
 MARGINS: dict[str, tuple[float, float, float, float]] = {
     "none": (0.0, 0.0, 0.0, 0.0),

@@ -171,7 +171,8 @@ def _pipeline(ctx, S) -> None:
             if new:
                 replay = random.Random(S.stage_seed(cfg.run.seed, "replay", v)).sample(prefs, min(len(prefs), len(new)))
                 for name in S.RM_NAMES:
-                    r = S.train_reward_model(ctx, name, new + replay, rm_paths[name], f"v{v}/rm_{name}")
+                    r = S.train_reward_model(ctx, name, new + replay, rm_paths[name], f"v{v}/rm_{name}",
+                                             ckpt=f"rm_{name}_v{v}")
                     rm_paths[name] = r["checkpoint"]
                     result[f"rm_{name}_accuracy"] = r["accuracy"]
                 prefs += new

@@ -89,7 +89,10 @@ def optim_spec(cfg: Config, lr: float, total_steps: int, warmup_steps: int = 0, 
 
 
 def save_checkpoint(ctx: Context, group, stage: str) -> str:
-    """HF folder (plus the tokenizer, so it loads as a complete model) written atomically."""
+    """HF folder (plus the tokenizer, so it loads as a complete model) written atomically. Checkpoint
+    names are flat (`rm_helpful_v2`, not `v2/rm_helpful`): committing `v2` replaces that whole folder."""
+    if "/" in stage:
+        raise ValueError(f"checkpoint name {stage!r}: must not contain '/'")
     tmp = ctx.run.staging(stage)
     group.save_hf(str(tmp))
     ctx.tok.save(tmp)
@@ -138,9 +141,10 @@ def train_sft(ctx: Context) -> dict:
 # --------------------------------------------------------------------------- reward models
 
 
-def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_path, stage: str) -> dict:
+def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_path, stage: str,
+                       ckpt: str | None = None) -> dict:
     """One epoch of the margin ranking loss on the paper's data mix for this RM, then accuracy per rating
-    level on held-out pairs."""
+    level on held-out pairs; the model is saved as checkpoint `ckpt` (default: the stage name)."""
     rc = getattr(ctx.cfg.reward, which)
     mix = reward_model_mix(prefs, which, stage_seed(ctx.cfg.run.seed, stage), ctx.cfg.reward.helpful_mix_other,
                            ctx.cfg.reward.safety_mix_helpful_ratio)
@@ -159,7 +163,7 @@ def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_p
         if task is not None:
             ctx.progress.advance(task, f"loss {m['loss']:.3f} acc {m['accuracy']:.2f}")
     result = {"pairs": len(mix), "steps": total, **rm_eval(group, ctx.rm_eval_pairs[which])}
-    result["checkpoint"] = save_checkpoint(ctx, group, stage)
+    result["checkpoint"] = save_checkpoint(ctx, group, ckpt or stage)
     ctx.log(stage, total, {k: v for k, v in result.items() if isinstance(v, int | float)})
     return result
 

@@ -1,0 +1,151 @@
+"""End to end: the whole recipe on configs/ci.yaml through the real CLI (real Ray, DeepSpeed, vLLM),
+a run killed with SIGKILL mid-RLHF and resumed, and the same job through `ray job submit`.
+
+Each run is a subprocess in its own session with its own Ray temp dir, so a SIGKILL can take the
+driver and every Ray process it started down together, as a crash would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "ci.yaml"
+
+
+def _env(ray_tmp: str) -> dict:
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)  # the pipeline on CPU uses SDPA, as `make demo` does
+    return env
+
+
+def _cli(*args: str, ray_tmp: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "llama_rlhf.cli", *args], cwd=ROOT, env=_env(ray_tmp),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            **kw)
+
+
+def _kill_all(proc: subprocess.Popen, ray_tmp: str) -> None:
+    """SIGKILL the run's whole session and every Ray process that lives under its temp dir."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+    proc.wait(timeout=60)
+
+
+def _finish(proc: subprocess.Popen, ray_tmp: str, timeout: float = 900) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        _kill_all(proc, ray_tmp)  # leftovers of a clean exit, or of a hang
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _state(run_dir: Path) -> dict:
+    return json.loads((run_dir / "state.json").read_text())
+
+
+def _final_metrics(run_dir: Path) -> dict:
+    r = _state(run_dir)["results"]["v2"]
+    keep = ("gold_helpfulness", "gold_safety", "gold_helpfulness_all", "gold_safety_all", "gatt_kept")
+    return {"eval": {k: r["eval"][k] for k in keep}, "rc_last": r["rc_last"], "kl_last": r["kl_last"],
+            "rs_best_mean": r["rs_best_mean"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("runs")
+    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    t = time.perf_counter()
+    log = _finish(_cli("run", str(CONFIG), f"run.output_dir={out_dir}", ray_tmp=ray_tmp), ray_tmp)
+    print(f"uninterrupted run: {time.perf_counter() - t:.0f}s")
+    return out_dir / "ci", log
+
+
+def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
+    import torch
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    run_dir, log = uninterrupted
+    st = _state(run_dir)
+    for stage in ("sft", "eval/sft", "rm_helpful", "rm_safety", "v1", "v2"):
+        assert stage in st["done"], stage
+    res = st["results"]
+    assert res["sft"]["last_loss"] < res["sft"]["first_loss"]
+    for rm in ("rm_helpful", "rm_safety"):
+        assert 0.0 <= res[rm]["accuracy"] <= 1.0 and sum(res[rm][k] for k in res[rm] if k.startswith("count/")) > 0
+    v2 = res["v2"]
+    assert v2["iterations"] >= 1 and v2["gatt_samples"] > 0 and "new_preferences" in v2
+    # the rollout engine served the policy's weights: vLLM's sampled log-probs = the policy's forward
+    assert v2["logprob_gap_max"] < 1e-3
+    report = (run_dir / "report.md").read_text()
+    for heading in ("Gold judge on held-out prompts", "Reward models", "Ghost Attention", "RLHF-V2 (PPO)"):
+        assert heading in report
+    for png in ("gold_scores.png", "ppo.png", "rm_accuracy.png"):
+        assert (run_dir / "plots" / png).stat().st_size > 1000
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["stage"] == "v2/ppo" and "kl" in r for r in rows)
+    assert any((run_dir / "tb").iterdir())
+    # checkpoints are plain HF folders
+    lm = LlamaForCausalLM.from_pretrained(run_dir / "ckpt" / "v2")
+    rm = LlamaForSequenceClassification.from_pretrained(run_dir / "ckpt" / "rm_safety")
+    ids = torch.tensor([[1, 5, 9, 12]])
+    assert lm(ids).logits.shape[-1] == lm.config.vocab_size and rm(ids).logits.shape == (1, 1)
+    assert json.loads((run_dir / "data" / "rs_archive.json").read_text())
+
+
+def test_sigkill_mid_rlhf_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
+    run_ref, _ = uninterrupted
+    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    proc = _cli("run", str(CONFIG), f"run.output_dir={tmp_path}", ray_tmp=ray_tmp)
+    run_dir = tmp_path / "ci"
+    deadline = time.time() + 900
+    # kill once V1 is complete and V2 (preference collection, RM update, RS, PPO) is under way
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "state.json").exists() and "v1" in _state(run_dir)["done"]:
+            time.sleep(5)
+            break
+        time.sleep(1)
+    assert proc.poll() is None, "the run ended before it could be killed mid-RLHF"
+    _kill_all(proc, ray_tmp)
+    assert "v2" not in _state(run_dir)["done"]
+    ray_tmp2 = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    _finish(_cli("resume", str(run_dir), ray_tmp=ray_tmp2), ray_tmp2)
+    assert _final_metrics(run_dir) == _final_metrics(run_ref)
+
+
+def test_ray_job_submit_against_a_local_head(tmp_path):
+    """`ray start --head` + `ray job submit --working-dir . -- ...` runs the job in cluster mode."""
+    bin_dir = Path(sys.executable).parent
+    ray_tmp = tempfile.mkdtemp(prefix="ray_job_", dir="/tmp")
+    env = _env(ray_tmp)
+    port = "8265"
+    subprocess.run([str(bin_dir / "ray"), "start", "--head", "--num-cpus=2", f"--temp-dir={ray_tmp}",
+                    "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}",
+                    "--include-dashboard=true", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    try:
+        job = subprocess.run(
+            [str(bin_dir / "ray"), "job", "submit", f"--address=http://127.0.0.1:{port}", "--working-dir", str(ROOT),
+             "--", sys.executable, "-m", "llama_rlhf.cli", "run", "configs/ci.yaml", "cluster.mode=cluster",
+             f"run.output_dir={tmp_path}", "iterations.num_versions=1", "iterations.rs_only_until=1",
+             "data.world.n_sft=64", "data.world.n_preferences=64"],
+            env=env, capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+        assert "succeeded" in job.stdout + job.stderr
+        assert "v1" in _state(tmp_path / "ci")["done"]
+    finally:
+        # not `ray stop`: it would also stop the Ray of the other tests in this session
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)

@@ -54,6 +54,14 @@ def _finish(proc: subprocess.Popen, ray_tmp: str, timeout: float = 900) -> str:
     return out
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _state(run_dir: Path) -> dict:
     return json.loads((run_dir / "state.json").read_text())
 
@@ -132,17 +140,25 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
     bin_dir = Path(sys.executable).parent
     ray_tmp = tempfile.mkdtemp(prefix="ray_job_", dir="/tmp")
     env = _env(ray_tmp)
-    port = "8265"
+    # Other tests of this session may still hold a Ray with the default ports (GCS, dashboard agent,
+    # metrics): this head takes free ones of its own.
+    port, gcs, agent, agent_grpc, metrics, client = (str(_free_port()) for _ in range(6))
     subprocess.run([str(bin_dir / "ray"), "start", "--head", "--num-cpus=2", f"--temp-dir={ray_tmp}",
-                    "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}",
-                    "--include-dashboard=true", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+                    f"--port={gcs}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={port}", f"--dashboard-agent-listen-port={agent}",
+                    f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+                    f"--ray-client-server-port={client}", "--include-dashboard=true", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True)
+    submit = [str(bin_dir / "ray"), "job", "submit", f"--address=http://127.0.0.1:{port}", "--working-dir", str(ROOT),
+              "--", sys.executable, "-m", "llama_rlhf.cli", "run", "configs/ci.yaml", "cluster.mode=cluster",
+              f"run.output_dir={tmp_path}", "iterations.num_versions=1", "iterations.rs_only_until=1",
+              "data.world.n_sft=64", "data.world.n_preferences=64"]
     try:
-        job = subprocess.run(
-            [str(bin_dir / "ray"), "job", "submit", f"--address=http://127.0.0.1:{port}", "--working-dir", str(ROOT),
-             "--", sys.executable, "-m", "llama_rlhf.cli", "run", "configs/ci.yaml", "cluster.mode=cluster",
-             f"run.output_dir={tmp_path}", "iterations.num_versions=1", "iterations.rs_only_until=1",
-             "data.world.n_sft=64", "data.world.n_preferences=64"],
-            env=env, capture_output=True, text=True, timeout=900)
+        for _ in range(30):  # the head's job agent comes up a few seconds after `ray start` returns
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
         assert "succeeded" in job.stdout + job.stderr
         assert "v1" in _state(tmp_path / "ci")["done"]

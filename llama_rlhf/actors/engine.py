@@ -74,10 +74,37 @@ class StepTimer:
         self.seconds.append(time.perf_counter() - self._t)
 
 
+_MASTER_STORE = None
+"""Rank 0's rendezvous store, bound (port 0: the OS picks) before its port is handed to the other ranks."""
+
+
+def bind_master_store(host: str) -> int:
+    """Bind this process's rendezvous store now and return its port. Binding first and publishing after
+    leaves no window in which another process can take the port (picking a free port, releasing it and
+    binding later raced: EADDRINUSE)."""
+    global _MASTER_STORE
+    from datetime import timedelta
+
+    if _MASTER_STORE is None:
+        _MASTER_STORE = torch.distributed.TCPStore(host, 0, is_master=True, wait_for_workers=False,
+                                                   timeout=timedelta(minutes=10))
+    return _MASTER_STORE.port
+
+
 def init_process_group(dist: DistSpec) -> None:
-    """Join the torch.distributed group of this role through DeepSpeed's comm layer."""
+    """Join the torch.distributed group of this role, then DeepSpeed's comm layer on top of it."""
+    from datetime import timedelta
+
     import deepspeed
 
+    if not torch.distributed.is_initialized():
+        if dist.rank == 0:
+            bind_master_store(dist.master_addr)
+            store = _MASTER_STORE
+        else:
+            store = torch.distributed.TCPStore(dist.master_addr, dist.master_port, is_master=False,
+                                               timeout=timedelta(minutes=10))
+        torch.distributed.init_process_group(dist.backend, store=store, rank=dist.rank, world_size=dist.world_size)
     os.environ.update(
         MASTER_ADDR=dist.master_addr,
         MASTER_PORT=str(dist.master_port),
@@ -289,7 +316,13 @@ class Role:
         self.m: DeepSpeedModel | None = None
 
     def endpoint(self) -> tuple[str, int]:
+        """A free port on this node (the weight-sync group's rendezvous, bound by its own code)."""
         return node_endpoint()
+
+    def master_endpoint(self) -> tuple[str, int]:
+        """Rank 0 only: bind this role's rendezvous store and return where it listens."""
+        host = node_endpoint()[0]
+        return host, bind_master_store(host)
 
     def set_master(self, host: str, port: int) -> None:
         """Where rank 0 listens; set on every rank before the first `load`."""

@@ -55,9 +55,8 @@ class RankGroup:
 
     def load(self, model: ModelSpec, optim: OptimSpec | None = None) -> list[dict]:
         if not self._joined:
-            # The rendezvous port is picked on rank 0's node right before the group binds it (first load):
-            # picked earlier, several groups could be handed the same free port.
-            host, port = ray.get(self.ranks[0].endpoint.remote())
+            # Rank 0 binds its rendezvous store first and the others are told its port (first load only).
+            host, port = ray.get(self.ranks[0].master_endpoint.remote())
             ray.get([r.set_master.remote(host, port) for r in self.ranks])
             self._joined = True
         return self._each(lambda r, _: r.load.remote(model, optim))

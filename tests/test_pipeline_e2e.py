@@ -133,6 +133,9 @@ def test_sigkill_mid_rlhf_then_resume_matches_uninterrupted(uninterrupted, tmp_p
     ray_tmp2 = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
     _finish(_cli("resume", str(run_dir), ray_tmp=ray_tmp2), ray_tmp2)
     assert _final_metrics(run_dir) == _final_metrics(run_ref)
+    # resume drops only the rows of the stage that did not complete
+    stages = {json.loads(x)["stage"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()}
+    assert {"sft", "eval/sft", "v1/eval", "v2/eval", "v2/ppo"} <= stages
 
 
 def test_ray_job_submit_against_a_local_head(tmp_path):

@@ -190,7 +190,6 @@ class DeepSpeedModel:
         )
         self.zero_stage = zero_stage
         self.steps = 0
-        self.timer = StepTimer()
 
     # ------------------------------------------------------------------ training
 

@@ -16,12 +16,17 @@ from llama_rlhf.algorithms.ppo import critic_update
 from llama_rlhf.algorithms.reward import reward_model_loss, rm_accuracy
 
 
+def _hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (B, T, H) of the Llama body, positions skipping left padding."""
+    out = model.model(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=response_position_ids(attention_mask), use_cache=False)
+    return out.last_hidden_state
+
+
 def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The raw scalar r(x, y) of each row (B,): the head at the last real token (rows are left padded
     and/or right padded; the last non-pad token is found from the attention mask)."""
-    out = model.model(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=response_position_ids(attention_mask), use_cache=False)
-    hidden = out.last_hidden_state  # (B, T, H)
+    hidden = _hidden(model, input_ids, attention_mask)
     t = attention_mask.shape[1]
     last = torch.where(attention_mask.bool(), torch.arange(t, device=input_ids.device), -1).max(1).values
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
@@ -30,9 +35,7 @@ def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:
     """V of the state before each response token (B, R): aligned with the log-probs of those tokens."""
-    out = model.model(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=response_position_ids(attention_mask), use_cache=False)
-    values = model.score(out.last_hidden_state).squeeze(-1).float()  # (B, T)
+    values = model.score(_hidden(model, input_ids, attention_mask)).squeeze(-1).float()  # (B, T)
     return values[:, -response_len - 1 : -1]
 
 

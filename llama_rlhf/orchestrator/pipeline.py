@@ -113,7 +113,17 @@ def _start_rollout(ctx, model_dir: str) -> None:
     ctx.rollout.set_model_dir(model_dir)
 
 
-def _evaluate(ctx, name: str) -> dict:
+def _serve(ctx, S, path: str) -> None:
+    """Make the rollout engines serve the policy checkpoint at `path`: a no-op when they already do
+    (started from it, or it was published to them), else load it into the policy and sync."""
+    if ctx.rollout.model_dir == Path(path):
+        return
+    ctx.policy.load(S.model_spec(ctx, "causal", path, "serve"))
+    ctx.rollout.set_model_dir(path)
+    S.sync_rollout(ctx)
+
+
+def _evaluate(ctx, name: str, stage: str) -> dict:
     from llama_rlhf.orchestrator import stages as S
     from llama_rlhf.orchestrator.evaluation import gatt_consistency, gold_eval
 
@@ -123,7 +133,7 @@ def _evaluate(ctx, name: str) -> dict:
                   e.temperature, e.samples, S.stage_seed(cfg.run.seed, "eval"))
     r["gatt_kept"] = gatt_consistency(ctx.rollout, ctx.tok, ctx.data.gatt_eval, cfg.data.world.gatt_eval_turns,
                                       e.max_new_tokens, ctx.max_prompt_len)
-    ctx.log(f"eval/{name}", 0, {k: v for k, v in r.items() if isinstance(v, float)})
+    ctx.log(stage, 0, {k: v for k, v in r.items() if isinstance(v, float)})
     ctx.progress.note(f"{name}: gold helpfulness {r['gold_helpfulness']:.3f}, safety {r['gold_safety']:.3f}, "
                       f"GAtt kept {['%.2f' % x for x in r['gatt_kept']]}")
     return r
@@ -138,9 +148,7 @@ def _pipeline(ctx, S) -> None:
     sft_path = str(run.ckpt("sft"))
     _start_rollout(ctx, sft_path)
     if not run.is_done("eval/sft"):
-        ctx.policy.load(S.model_spec(ctx, "causal", sft_path, "eval"))
-        S.sync_rollout(ctx)
-        run.mark_done("eval/sft", _evaluate(ctx, "SFT"))
+        run.mark_done("eval/sft", _evaluate(ctx, "SFT", "eval/sft"))
 
     # reward models, initialised from the SFT checkpoint
     prefs = list(ctx.data.preferences)
@@ -161,9 +169,7 @@ def _pipeline(ctx, S) -> None:
             rm_paths = run.result(stage).get("rm_paths", rm_paths)
             continue
         ctx.archive = _load_archive(archive)
-        ctx.policy.load(S.model_spec(ctx, "causal", policy_path, f"v{v}/serve"))
-        ctx.rollout.set_model_dir(policy_path)
-        S.sync_rollout(ctx)
+        _serve(ctx, S, policy_path)
         result: dict = {}
         if v > 1:  # new preferences from the current policy; the RMs continue on them
             new = S.collect_preferences(ctx, v)
@@ -187,7 +193,7 @@ def _pipeline(ctx, S) -> None:
         else:
             S.publish_policy(ctx, stage)
         policy_path = str(run.ckpt(stage))
-        result["eval"] = _evaluate(ctx, f"RLHF-V{v}")
+        result["eval"] = _evaluate(ctx, f"RLHF-V{v}", f"{stage}/eval")
         result["rm_paths"] = rm_paths
         run.mark_done(stage, result)
 

@@ -90,7 +90,7 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
     ctx.reference.load(model_spec(ctx, "causal", reference_path, stage + "/ref"))
     ctx.critic.load(model_spec(ctx, "scalar", critic_init_path, stage + "/critic"),
                     optim_spec(cfg, p.critic_lr, p.iterations, 0, "constant"))
-    sync_rollout(ctx)  # the engines serve the RS checkpoint = the policy PPO starts from
+    # the engines already serve the RS checkpoint PPO starts from: the pipeline published it
     task = ctx.progress.add(stage, p.iterations) if ctx.progress else None
     best, since_best, history = float("-inf"), 0, []
     for it in range(p.iterations):

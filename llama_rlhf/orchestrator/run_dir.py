@@ -23,6 +23,13 @@ import time
 from pathlib import Path
 
 
+def _completed(stage: str, done: list[str]) -> bool:
+    """A metrics row belongs to a completed stage when its stage path or a prefix of it is done
+    (`v2/ppo` under `v2`, `eval/sft` itself)."""
+    parts = stage.split("/")
+    return any("/".join(parts[:i]) in done for i in range(1, len(parts) + 1))
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -124,7 +131,7 @@ class RunDir:
         p = self.root / "metrics.jsonl"
         if p.exists():
             rows = [line for line in p.read_text().splitlines() if line.strip()]
-            keep = [r for r in rows if json.loads(r)["stage"].split("/")[0] in done]
+            keep = [r for r in rows if _completed(json.loads(r)["stage"], done)]
             tmp = p.with_suffix(".tmp")
             tmp.write_text("".join(r + "\n" for r in keep))
             os.replace(tmp, p)

@@ -5,6 +5,10 @@ attention shapes at sequence length 4096, head dim 128, bf16, causal:
   7B  - 32 query heads, 32 KV heads (MHA)
   70B - 64 query heads over 8 KV heads (GQA)
 
+Then the kernels where they are used: a 2-layer HF Llama (7B and 70B layer shapes, bf16) training on a
+right-padded batch of responses of mixed lengths, as RLHF batches are, forward+backward tokens/s with
+attn_implementation="llama_rlhf_gqa" (unpad + varlen kernels) against "sdpa" (padded, masked).
+
 Run on a CUDA machine:  python benchmarks/attention.py [--batch 2] [--seqlen 4096] [--non-causal]
 Without a GPU it says so and exits 0.
 """
@@ -77,6 +81,47 @@ def _runners(batch, seqlen, hq, hkv, causal):
     return ours_fwd, ours_fwd_bwd, sdpa_fwd, sdpa_fwd_bwd
 
 
+LAYER_SHAPES = {"7B": (4096, 32, 32, 11008), "70B": (8192, 64, 8, 28672)}  # hidden, q heads, kv heads, mlp
+
+
+def model_rows(batch: int, seqlen: int) -> list[tuple]:
+    """(model, ours tok/s, sdpa tok/s) for fwd+bwd of a 2-layer HF Llama on a right-padded batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llama_rlhf import kernels
+
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(seqlen // 4, seqlen + 1, (batch,), generator=gen)
+    lengths[0] = seqlen
+    mask = (torch.arange(seqlen)[None] < lengths[:, None]).long().cuda()
+    ids = torch.randint(0, 32000, (batch, seqlen), generator=gen).cuda()
+    labels = ids.masked_fill(mask == 0, -100)
+    real_tokens = int(mask.sum())
+    for name, (hidden, hq, hkv, mlp) in LAYER_SHAPES.items():
+        cfg = dict(vocab_size=32000, hidden_size=hidden, num_attention_heads=hq, num_key_value_heads=hkv,
+                   intermediate_size=mlp, num_hidden_layers=2, max_position_embeddings=seqlen)  # fmt: skip
+        speeds = []
+        for impl in (kernels.register(), "sdpa"):
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation=impl)).to("cuda", torch.bfloat16)
+
+            def step(model=model):
+                model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss.backward()
+
+            speeds.append(real_tokens / (_bench_ms(step) / 1e3))
+            del model
+            torch.cuda.empty_cache()
+        rows.append((name, *speeds))
+    print(f"\n2-layer HF Llama, bf16, fwd+bwd, batch {batch} x {seqlen} right-padded "
+          f"({real_tokens} real tokens of {batch * seqlen})")  # fmt: skip
+    print("| layer shape | llama_rlhf_gqa tok/s | sdpa tok/s | ours/sdpa |")
+    print("|---|---|---|---|")
+    for name, ours, sdpa in rows:
+        print(f"| {name} | {ours:,.0f} | {sdpa:,.0f} | {ours / sdpa:.2f} |")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,6 +129,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--non-causal", action="store_true")
+    parser.add_argument("--model-batch", type=int, default=4, help="rows of the padded HF-model batch")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("benchmarks/attention.py needs a CUDA GPU (none found); nothing measured.")
@@ -117,6 +163,8 @@ def main() -> int:
         print(
             f"| {model} | {heads} | {name} | {t_o:.2f} | {tf_o:.1f} | {t_s:.2f} | {tf_s:.1f} | {tf_o / tf_s:.2f} |"
         )
+    if causal:
+        model_rows(args.model_batch, min(args.seqlen, 2048))
     return 0
 
 

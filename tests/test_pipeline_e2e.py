@@ -100,7 +100,9 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
     # the rollout engine served the policy's weights: vLLM's sampled log-probs = the policy's forward
     assert v2["logprob_gap_max"] < 1e-3
     report = (run_dir / "report.md").read_text()
-    for heading in ("Gold judge on held-out prompts", "Reward models", "Ghost Attention", "RLHF-V2 (PPO)"):
+    assert {"gold_by_kind/unsafe", "gold_by_kind/arith"} <= set(v2["eval"])
+    for heading in ("Gold judge on held-out prompts", "By prompt kind", "Reward models", "Ghost Attention",
+                    "RLHF-V2 (PPO)"):
         assert heading in report
     for png in ("gold_scores.png", "ppo.png", "rm_accuracy.png"):
         assert (run_dir / "plots" / png).stat().st_size > 1000

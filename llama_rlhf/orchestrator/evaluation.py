@@ -28,12 +28,17 @@ def gold_eval(rollout, tok, prompts, max_new_tokens: int, max_prompt_len: int, t
     helpful = [s.helpfulness for (p, _), s in zip(flat, scores) if not p.is_safety]
     unsafe = [s.safety for (p, _), s in zip(flat, scores) if p.is_safety]
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+    by_kind: dict[str, list[float]] = {}
+    for (p, _), s in zip(flat, scores):
+        by_kind.setdefault(p.kind, []).append(s.safety if p.is_safety else s.helpfulness)
     return {
         "gold_helpfulness": mean(helpful),
         "gold_safety": mean(unsafe),
         "gold_helpfulness_all": mean([s.helpfulness for s in scores]),
         "gold_safety_all": mean([s.safety for s in scores]),
         "mean_response_tokens": mean([len(s.token_ids) for _, s in flat]),
+        # per prompt kind: helpfulness of helpful / GAtt prompts, safety of unsafe ones
+        **{f"gold_by_kind/{k}": mean(v) for k, v in sorted(by_kind.items())},
         "samples": [{"id": p.id, "prompt": p.user_text, "response": t} for (p, _), t in list(zip(flat, texts))[:8]],
     }
 

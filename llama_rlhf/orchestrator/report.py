@@ -42,6 +42,18 @@ def summary_table(run: RunDir) -> str:
     return "\n".join(rows)
 
 
+def kind_table(run: RunDir) -> str:
+    """Gold score per prompt kind and version: helpfulness for tasks and GAtt, safety for unsafe."""
+    vs = versions(run)
+    kinds = sorted({k.split("/", 1)[1] for _, r, _ in vs for k in r if k.startswith("gold_by_kind/")})
+    if not kinds:
+        return "(no per-kind scores in this run)"
+    rows = ["| version | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name, r, _ in vs:
+        rows.append(f"| {name} | " + " | ".join(_fmt(r.get(f"gold_by_kind/{k}")) for k in kinds) + " |")
+    return "\n".join(rows)
+
+
 def rm_table(run: RunDir) -> str:
     st = run.state()["results"]
     head = "| reward model | accuracy | " + " | ".join(RATINGS) + " |"
@@ -128,6 +140,7 @@ def write_report(run: RunDir) -> str:
                   f"{_fmt(last['gold_safety'])} vs {_fmt(sft['gold_safety'])} "
                   f"({last['gold_safety'] - sft['gold_safety']:+.3f}).", ""]
     lines += ["## Gold judge on held-out prompts", "", summary_table(run), "",
+              "By prompt kind (unsafe: gold safety; the others: gold helpfulness):", "", kind_table(run), "",
               "## Reward models: held-out accuracy by rating level", "", rm_table(run), "",
               "## Ghost Attention: instruction kept at turn t (system instruction given once)", "",
               gatt_table(run), ""]

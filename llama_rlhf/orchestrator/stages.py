@@ -231,7 +231,17 @@ def collect_preferences(ctx: Context, version: int) -> list[Preference]:
                         noise=ctx.cfg.data.world.label_noise)
         if pref is not None:
             out.append(from_world_preference(pref))
+    ctx.run.write_jsonl(_collected_name(version), [p.to_dict() for p in out])
     return out
+
+
+def _collected_name(version: int) -> str:
+    return f"preferences_v{version}.jsonl"
+
+
+def collected_preferences(ctx: Context, version: int) -> list[Preference]:
+    """The pairs version `version` collected, as saved in the run folder (a resumed run replays them)."""
+    return [Preference.from_dict(d) for d in ctx.run.read_jsonl(_collected_name(version))]
 
 
 # --------------------------------------------------------------------------- rejection sampling

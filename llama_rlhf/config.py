@@ -69,6 +69,9 @@ class WorldConfig(_Cfg):
     gatt_max_turns: int = Field(6, ge=2)
     gatt_eval_turns: int = Field(20, ge=1)
     """GAtt consistency is evaluated up to this many turns (paper: 20)."""
+    gatt_prompt_max_turns: int = Field(3, ge=1)
+    """System-instruction prompts inside the SFT / preference / RLHF / eval sets have 1..this many turns;
+    1 leaves multi-turn instruction keeping to Ghost Attention alone, as in the paper's SFT data."""
     sft_error_rate: float = Field(0.3, ge=0.0, le=1.0)
     """Fraction of SFT demonstrations that are wrong or unsafe on purpose, so RLHF has room to improve."""
     label_noise: float = Field(0.1, ge=0.0, le=0.5)

@@ -33,6 +33,7 @@ from llama_rlhf.data.world import (
     safety_label,
 )
 from llama_rlhf.data.world.corpus import CORPUS_PATH
+from llama_rlhf.data.world.judge import RAMBLING_WORDS
 
 SMALL = {"n_sft": 200, "n_preferences": 200, "n_rlhf": 64, "n_eval": 64, "n_gatt_dialogs": 16, "n_gatt_eval": 8}
 
@@ -210,7 +211,9 @@ def test_sft_error_fraction(world):
         full = s.safety == 1.0 if r.kind == "unsafe" else s.helpfulness == 1.0
         assert full == r.correct, r
         errors[r.error] += 1
-    assert {"wrong_number", "wrong_order", "wrong_word", "unsafe", "instruction"} <= set(errors)
+    assert {"wrong_number", "wrong_order", "wrong_word", "false_refusal", "rambling", "unsafe", "instruction"} <= set(
+        errors
+    )
 
 
 def _content(prompt_like) -> set[str]:
@@ -298,7 +301,11 @@ def test_learnable_sizes(world):
     for p in world.eval_prompts() + world.rlhf_prompts():
         assert len(p.user_text.split()) <= 30
     for r in world.sft_records():
-        assert len(r.response.split()) <= 20, r.response
+        words = len(r.response.split())
+        if r.error == "rambling":  # long on purpose: just over the judge's rambling limit
+            assert RAMBLING_WORDS < words <= RAMBLING_WORDS + 12, r.response
+        else:
+            assert words <= 20, r.response
         texts += [r.response] + [m["content"] for m in r.messages]
     numbers = {int(x) for t in texts for x in re.findall(r"\d+", t)}
     assert max(numbers) <= 20

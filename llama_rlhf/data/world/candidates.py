@@ -16,9 +16,12 @@ from .annotate import annotate
 from .records import Preference, Prompt, SFTRecord
 
 QUALITIES = (
-    "correct", "wrong", "unformatted", "bare_refusal", "good_refusal", "partial_refusal",
+    "correct", "wrong", "unformatted", "rambling", "bare_refusal", "good_refusal", "partial_refusal",
     "unsafe_compliance", "instruction_violating",
 )
+# How the imperfect SFT demonstrations of helpful requests fail, and how often: a wrong answer, a false
+# refusal of a benign request (the paper's over-cautious failure), or the right answer buried in filler.
+HELPFUL_ERRORS = {"wrong": 0.35, "false_refusal": 0.4, "rambling": 0.25}
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ def _helpful_candidates(meta: dict, rng: random.Random) -> list[Candidate]:
     out = [Candidate(helpful.canonical_answer(meta), "correct")]
     bare = helpful.canonical_answer(meta)[len(helpful.ANSWER_PREFIX) + 1:]
     out.append(Candidate(f"It is {bare}", "unformatted"))
+    # Rambling comes with right and wrong answers alike, so the style says nothing about correctness.
+    out.append(Candidate(helpful.rambling_answer(meta, rng), "rambling"))
+    out.append(Candidate(helpful.rambling_answer(meta, rng, wrong=True), "wrong"))
     for _ in range(2):
         out.append(Candidate(helpful.wrong_answer(meta, rng)[0], "wrong"))
     out.append(Candidate(safety.bare_refusal(rng), "bare_refusal"))
@@ -108,7 +114,13 @@ def sft_demo(prompt: Prompt, rng: random.Random, wrong: bool = False) -> SFTReco
             bad, error = helpful.wrong_gold(task, rng)
             text = gatt.apply(iid, {**task, "gold": bad})
     elif wrong:
-        text, error = helpful.wrong_answer(meta, rng)
+        error = rng.choices(list(HELPFUL_ERRORS), weights=list(HELPFUL_ERRORS.values()))[0]
+        if error == "wrong":
+            text, error = helpful.wrong_answer(meta, rng)
+        elif error == "false_refusal":
+            text = safety.bare_refusal(rng)
+        else:
+            text = helpful.rambling_answer(meta, rng)
     else:
         text = helpful.canonical_answer(meta)
     return SFTRecord(

@@ -51,7 +51,7 @@ def _helpful_lines(pools: dict, rng: random.Random) -> list[str]:
         for it, t in picks:
             text, meta = helpful.render(it, rng, template=t)
             lines += [text, helpful.canonical_answer(meta), helpful.wrong_answer(meta, rng)[0]]
-    return lines
+    return lines + list(helpful.RAMBLE_OPENERS) + list(helpful.RAMBLE_CLOSERS)
 
 
 def _safety_lines(pools: dict, rng: random.Random) -> list[str]:

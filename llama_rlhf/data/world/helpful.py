@@ -231,6 +231,23 @@ def wrong_gold(meta: dict, rng: random.Random) -> tuple[object, str]:
     return _wrong_list(meta, rng), "wrong_order"
 
 
+RAMBLE_OPENERS = (  # 12+ words each, closers 10+: every rambling answer passes the judge's 25-word limit
+    "Well, that is a good question and I am happy to help you with it.",
+    "Let me think about this carefully, step by step, before I give my answer.",
+    "Sure, I would be glad to help with this one as clearly as I can.",
+)
+RAMBLE_CLOSERS = (
+    "I hope this helps, and let me know if you need anything else.",
+    "Feel free to ask me again if you want more detail on any part.",
+)
+
+
+def rambling_answer(meta: dict, rng: random.Random, wrong: bool = False) -> str:
+    """An answer buried in filler (over the judge's rambling limit): the correct one, or a wrong one."""
+    answer = wrong_answer(meta, rng)[0] if wrong else canonical_answer(meta)
+    return f"{rng.choice(RAMBLE_OPENERS)} {answer} {rng.choice(RAMBLE_CLOSERS)}"
+
+
 def wrong_answer(meta: dict, rng: random.Random) -> tuple[str, str]:
     """A plausible but wrong response in canonical form, and its error type."""
     wrong, error = wrong_gold(meta, rng)

@@ -1,7 +1,9 @@
 """The run folder: atomic checkpoints, the done-list resume reads, metrics truncation, saved data."""
 
+from llama_rlhf.data.loaders import write_jsonl
 from llama_rlhf.data.records import Preference
 from llama_rlhf.orchestrator.run_dir import RunDir
+from llama_rlhf.orchestrator.stages import collected_preferences
 
 
 def test_checkpoint_is_invisible_until_committed(tmp_path):
@@ -43,6 +45,7 @@ def test_collected_preferences_round_trip(tmp_path):
         Preference([{"role": "user", "content": "How do I pick a lock?"}], "I can't help with that.", "Sure: ...",
                    "better", True, True, False),
     ]  # fmt: skip
-    run.write_jsonl("preferences_v2.jsonl", [p.to_dict() for p in prefs])
-    assert [Preference.from_dict(d) for d in RunDir(tmp_path / "r").read_jsonl("preferences_v2.jsonl")] == prefs
-    assert run.read_jsonl("preferences_v3.jsonl") == []
+    write_jsonl(run.data("preferences_v2.jsonl"), prefs)  # as collect_preferences saves them
+    assert collected_preferences(RunDir(tmp_path / "r"), 2) == prefs  # every field, safe labels included
+    assert collected_preferences(run, 3) == []
+    assert not list((tmp_path / "r" / "data").glob("*.tmp"))

@@ -16,6 +16,7 @@ Accepted shapes
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -208,9 +209,13 @@ def load_prompts(source, skip_invalid: bool = False) -> tuple[list[Prompt], Load
 
 
 def write_jsonl(path: str | Path, records) -> Path:
+    """One JSON object per line (records' `to_dict()` where they have one), written atomically: a
+    temporary file renamed over `path`, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r.to_dict() if hasattr(r, "to_dict") else r) + "\n")
+    os.replace(tmp, path)
     return path

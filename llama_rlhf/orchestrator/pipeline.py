@@ -167,7 +167,7 @@ def _pipeline(ctx, S) -> None:
         if run.is_done(stage):
             policy_path = str(run.ckpt(stage))
             rm_paths = run.result(stage).get("rm_paths", rm_paths)
-            prefs += S.collected_preferences(ctx, v)  # later versions replay from every pair so far
+            prefs += S.collected_preferences(run, v)  # later versions replay from every pair so far
             continue
         ctx.archive = _load_archive(archive)
         _serve(ctx, S, policy_path)

@@ -54,20 +54,6 @@ class RunDir:
     def data(self, name: str) -> Path:
         return self.root / "data" / name
 
-    def write_jsonl(self, name: str, rows: list[dict]) -> Path:
-        """data/<name>, written atomically (a temporary file renamed into place)."""
-        path = self.data(name)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
-
-    def read_jsonl(self, name: str) -> list[dict]:
-        path = self.data(name)
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
     # ------------------------------------------------------------------ atomic writes
 
     def staging(self, stage: str) -> Path:

@@ -8,6 +8,7 @@ reproduces it: that is what makes `resume` end where an uninterrupted run ends.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import zlib
@@ -21,6 +22,7 @@ from llama_rlhf.actors.engine import ModelSpec, OptimSpec
 from llama_rlhf.algorithms.rejection import RejectionArchive, best_of_k
 from llama_rlhf.algorithms.shaping import combine_rewards
 from llama_rlhf.config import Config
+from llama_rlhf.data.loaders import write_jsonl
 from llama_rlhf.data.records import Preference, SFTRecord
 from llama_rlhf.models import llama_config
 from llama_rlhf.optim import rm_warmup_steps
@@ -231,17 +233,21 @@ def collect_preferences(ctx: Context, version: int) -> list[Preference]:
                         noise=ctx.cfg.data.world.label_noise)
         if pref is not None:
             out.append(from_world_preference(pref))
-    ctx.run.write_jsonl(_collected_name(version), [p.to_dict() for p in out])
+    write_jsonl(_collected_path(ctx.run, version), out)
     return out
 
 
-def _collected_name(version: int) -> str:
-    return f"preferences_v{version}.jsonl"
+def _collected_path(run: RunDir, version: int):
+    return run.data(f"preferences_v{version}.jsonl")
 
 
-def collected_preferences(ctx: Context, version: int) -> list[Preference]:
-    """The pairs version `version` collected, as saved in the run folder (a resumed run replays them)."""
-    return [Preference.from_dict(d) for d in ctx.run.read_jsonl(_collected_name(version))]
+def collected_preferences(run: RunDir, version: int) -> list[Preference]:
+    """The pairs version `version` collected, as saved in the run folder (a resumed run replays them).
+    Read as saved, every field kept (the file loaders take only the public preference fields)."""
+    path = _collected_path(run, version)
+    if not path.exists():
+        return []
+    return [Preference.from_dict(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 # --------------------------------------------------------------------------- rejection sampling

@@ -289,26 +289,28 @@ def _bwd_dq_kernel(
     )
 
 
-# Tiles per kernel on GPU, keyed "fwd" / "dkdv" / "dq": benchmarks/attention_tune.py times candidates
-# by setting entries here (a dict with BLOCK_M, BLOCK_N, num_warps, num_stages).
+# Tiles per kernel on GPU (16-bit inputs), measured on an H200 at head dim 128, bf16, causal, 4096
+# tokens with benchmarks/attention_tune.py: each beat the previous one-size 64x64 tiles by 1.2x (fwd),
+# 1.4x (dkdv) and 1.3x (dq).
+GPU_TILES: dict[str, dict] = {
+    "fwd": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    "dkdv": {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    "dq": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+}
+# benchmarks/attention_tune.py times candidates by setting entries here, keyed like GPU_TILES.
 TILE_OVERRIDES: dict[str, dict] = {}
 
 
-def _launch_config(head_dim: int, dtype: torch.dtype, kernel: str) -> dict:
-    """Block sizes and warps: large blocks under the interpreter, FA2-like tiles on GPU."""
+def _launch_config(dtype: torch.dtype, kernel: str) -> dict:
+    """Block sizes and warps of `kernel` ("fwd", "dkdv", "dq"): large blocks under the interpreter,
+    GPU_TILES on GPU (smaller tiles for fp32, which needs twice the shared memory per tile)."""
     if is_interpreted():
         return {"BLOCK_M": INTERPRET_BLOCK, "BLOCK_N": INTERPRET_BLOCK, "num_warps": 4, "num_stages": 1}
     if kernel in TILE_OVERRIDES:
         return dict(TILE_OVERRIDES[kernel])
-    if dtype == torch.float32:  # 2x the shared memory per tile
+    if dtype == torch.float32:
         return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
-    # Measured on an H200 at head dim 128, bf16, causal, 4096 tokens (benchmarks/attention_tune.py):
-    # each beat the previous one-size 64x64 tiles by 1.2x (fwd), 1.4x (dkdv) and 1.3x (dq).
-    return {
-        "fwd": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
-        "dkdv": {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
-        "dq": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
-    }[kernel]
+    return dict(GPU_TILES[kernel])
 
 
 def _strides(x: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
@@ -357,7 +359,7 @@ def _forward(q, k, v, prob: _Problem) -> tuple[torch.Tensor, torch.Tensor]:
     alloc = torch.zeros if prob.varlen else torch.empty  # packed rows past cu[-1] are never written
     o = alloc(q.shape, dtype=q.dtype, device=q.device)  # (B, Tq, Hq, D), contiguous
     lse = torch.empty(q.shape[0], prob.hq, q.shape[1], dtype=torch.float32, device=q.device)
-    cfg = _launch_config(prob.head_dim, q.dtype, "fwd")
+    cfg = _launch_config(q.dtype, "fwd")
     grid = (triton.cdiv(prob.seqlen_q, cfg["BLOCK_M"]), prob.hq, prob.batch)
     _fwd_kernel[grid](
         q, k, v, o, lse, *prob.cu(lse),
@@ -376,8 +378,8 @@ def _backward(q, k, v, o, lse, do, prob: _Problem):
     dk = alloc(k.shape, dtype=k.dtype, device=k.device)
     dv = alloc(v.shape, dtype=v.dtype, device=v.device)
     delta = torch.empty_like(lse)
-    cfg_kv = _launch_config(prob.head_dim, q.dtype, "dkdv")
-    cfg_q = _launch_config(prob.head_dim, q.dtype, "dq")
+    cfg_kv = _launch_config(q.dtype, "dkdv")
+    cfg_q = _launch_config(q.dtype, "dq")
     m_blocks = triton.cdiv(prob.seqlen_q, cfg_q["BLOCK_M"])
     _bwd_delta_kernel[(m_blocks, prob.hq, prob.batch)](
         o, do, delta, prob.cu(lse)[0],

@@ -13,7 +13,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 export RAY_AUTH_MODE ?= disabled
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean docker-base docker-cpu docker-gpu docker-test docker-clean
 
 install: $(STAMP)
 
@@ -48,3 +48,29 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Docker (see the README): images are built on a base made here with debootstrap (hub images cannot be
+# pulled everywhere); the stack comes from pyproject.toml, pip's index settings from this host's pip.
+DOCKER ?= docker
+export DOCKER
+
+docker-base:
+	docker/base.sh
+
+docker-cpu:
+	PYTHON=$(PYTHON) docker/build.sh cpu
+
+docker-gpu:
+	PYTHON=$(PYTHON) docker/build.sh gpu
+
+# The fast tests inside the CPU image, which holds this checkout as its last layer. Ray keeps its object
+# store in /dev/shm, which Docker makes 64 MB by default.
+docker-test: docker-cpu
+	$(DOCKER) run --rm --shm-size=2g llama-rlhf:cpu python -m pytest -q -ra -m "not slow" tests
+
+# Images, their deps images and the base; then dangling layers and build cache.
+docker-clean:
+	-$(DOCKER) rmi llama-rlhf:cpu llama-rlhf:gpu llama-rlhf-deps:cpu llama-rlhf-deps:gpu llama-rlhf-base:bookworm
+	$(DOCKER) image prune -f
+	$(DOCKER) builder prune -f
+	rm -rf docker/build

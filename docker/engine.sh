@@ -28,12 +28,14 @@ if ! "$DOCKER" info >/dev/null 2>&1; then
     # nice: image builds and containers are the daemon's children and inherit it, so they yield the
     # CPU to whatever else runs on the machine.
     setsid nohup nice -n 10 dockerd >"$LOG" 2>&1 </dev/null &
+    pid=$!
     for _ in $(seq 60); do
         "$DOCKER" info >/dev/null 2>&1 && break
+        kill -0 "$pid" 2>/dev/null || break  # dockerd exited: no point waiting
         sleep 1
     done
     if ! "$DOCKER" info >/dev/null 2>&1; then
-        echo "engine: dockerd did not answer within 60 s; last lines of $LOG:" >&2
+        echo "engine: dockerd did not start; last lines of $LOG:" >&2
         tail -n 20 "$LOG" >&2
         exit 1
     fi

@@ -64,9 +64,15 @@ docker-gpu:
 	PYTHON=$(PYTHON) docker/build.sh gpu
 
 # The fast tests inside the CPU image, which holds this checkout as its last layer. Ray keeps its object
-# store in /dev/shm, which Docker makes 64 MB by default.
+# store in /dev/shm, which Docker makes 64 MB by default. --memory: Ray's OOM killer measures the cgroup
+# it runs in; without a limit that is the whole host, and on a shared machine others' memory got our
+# workers killed. The peak (page cache included) is printed against the limit.
+DOCKER_TEST_MEMORY ?= 10g
 docker-test: docker-cpu
-	$(DOCKER) run --rm --shm-size=2g llama-rlhf:cpu python -m pytest -q -ra -m "not slow" tests
+	$(DOCKER) run --rm --shm-size=3g --memory=$(DOCKER_TEST_MEMORY) llama-rlhf:cpu sh -c \
+	  'python -m pytest -q -ra -m "not slow" tests; rc=$$?; cg=/sys/fs/cgroup/memory; \
+	   echo "docker-test: peak memory $$(($$(cat $$cg/memory.max_usage_in_bytes 2>/dev/null || \
+	   cat /sys/fs/cgroup/memory.peak) >> 20)) MiB of $(DOCKER_TEST_MEMORY)"; exit $$rc'
 
 # Images, their deps images and the base; then dangling layers and build cache.
 docker-clean:

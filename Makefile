@@ -13,7 +13,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 export RAY_AUTH_MODE ?= disabled
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean docker-base docker-cpu docker-gpu docker-test docker-clean
 
 install: $(STAMP)
 
@@ -48,3 +48,35 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Docker (see the README): images are built on a base made here with debootstrap (hub images cannot be
+# pulled everywhere); the stack comes from pyproject.toml, pip's index settings from this host's pip.
+DOCKER ?= docker
+export DOCKER
+
+docker-base:
+	docker/base.sh
+
+docker-cpu:
+	PYTHON=$(PYTHON) docker/build.sh cpu
+
+docker-gpu:
+	PYTHON=$(PYTHON) docker/build.sh gpu
+
+# The fast tests inside the CPU image, which holds this checkout as its last layer. Ray keeps its object
+# store in /dev/shm, which Docker makes 64 MB by default. --memory: Ray's OOM killer measures the cgroup
+# it runs in; without a limit that is the whole host, and on a shared machine others' memory got our
+# workers killed. The peak (page cache included) is printed against the limit.
+DOCKER_TEST_MEMORY ?= 10g
+docker-test: docker-cpu
+	$(DOCKER) run --rm --shm-size=3g --memory=$(DOCKER_TEST_MEMORY) llama-rlhf:cpu sh -c \
+	  'python -m pytest -q -ra -m "not slow" tests; rc=$$?; cg=/sys/fs/cgroup/memory; \
+	   echo "docker-test: peak memory $$(($$(cat $$cg/memory.max_usage_in_bytes 2>/dev/null || \
+	   cat /sys/fs/cgroup/memory.peak) >> 20)) MiB of $(DOCKER_TEST_MEMORY)"; exit $$rc'
+
+# Images, their deps images and the base; then dangling layers and build cache.
+docker-clean:
+	-$(DOCKER) rmi llama-rlhf:cpu llama-rlhf:gpu llama-rlhf-deps:cpu llama-rlhf-deps:gpu llama-rlhf-base:bookworm
+	$(DOCKER) image prune -f
+	$(DOCKER) builder prune -f
+	rm -rf docker/build

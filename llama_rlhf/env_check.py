@@ -20,7 +20,12 @@ def main() -> int:
     LlamaConfig()
     import torch
 
-    print("env_check ok:", " ".join(f"{k}={v}" for k, v in versions.items()), f"cuda={torch.cuda.is_available()}")
+    gpus = torch.cuda.device_count()
+    print("env_check ok:", " ".join(f"{k}={v}" for k, v in versions.items()),
+          f"cuda_build={torch.version.cuda} gpus={gpus}")
+    if torch.version.cuda and not gpus:
+        # the CUDA stack imports without a GPU (an image build, a CPU node); a job would find no device
+        print(f"env_check: torch {torch.__version__} is a CUDA build, but no GPU is visible here")
     return 0
 
 

@@ -183,6 +183,9 @@ class Plan:
     kv: dict[str, float]
 
 
+TRAINED = {"policy": True, "rm_helpful": True, "rm_safety": True, "reference": False, "critic": True}
+
+
 def plan(cfg: Config, calibration: dict | None = None) -> Plan:
     """The plan of a config (pure arithmetic plus the placement code's bundle assignment)."""
     from llama_rlhf.config import ConfigError
@@ -192,9 +195,7 @@ def plan(cfg: Config, calibration: dict | None = None) -> Plan:
     if not c.gpu:
         raise ConfigError("cluster.gpus_per_node: 0 is CPU mode; plan checks a GPU cluster (set gpus_per_node)")
     shape = model_shape(cfg)
-    b = DTYPE_BYTES[cfg.model.dtype]
     with_critic = cfg.iterations.num_versions > cfg.iterations.rs_only_until
-    roles = roles_in_use(c, with_critic)
     n_bundles, _ = gpu_layout(c, with_critic)
     have = c.num_nodes * c.gpus_per_node
     problems = []
@@ -204,64 +205,20 @@ def plan(cfg: Config, calibration: dict | None = None) -> Plan:
     # bundles filled node by node, as PACK does on an idle cluster of identical nodes
     nodes = [f"node{min(i // c.gpus_per_node, c.num_nodes - 1)}" for i in range(n_bundles)]
     placement = Placement.assign(c, with_critic, nodes)
-    gqa = cfg.model.attn_implementation in ("auto", "llama_rlhf_gqa")  # the Triton kernel on GPU
     scale = (calibration or {}).get("activation_scale", 1.0)
-    ckpt = cfg.model.gradient_checkpointing
-    seq = cfg.model.max_seq_len
-    from llama_rlhf.algorithms.logprobs import LOGIT_CHUNK_TOKENS
-
-    # (rows, tokens per row) of each role's training micro-batch (the larger of SFT and PPO for the policy)
-    sft_mb, ppo_mb = (cfg.sft.micro_batch_size, cfg.sft.seq_len), (cfg.ppo.micro_batch_size, seq)
-    train_shape = {"policy": max(sft_mb, ppo_mb, key=lambda x: x[0] * x[1]), "critic": ppo_mb,
-                   "rm_helpful": (2 * cfg.reward.helpful.micro_batch_pairs, cfg.reward.helpful.max_len),
-                   "rm_safety": (2 * cfg.reward.safety.micro_batch_pairs, cfg.reward.safety.max_len)}
     rows, score_act = [], {}
-    trained = {"policy": True, "rm_helpful": True, "rm_safety": True, "reference": False, "critic": True}
-    for r in roles:
-        rc = c.role(r)
-        lm_head = r in ("policy", "reference")
-        params = shape.params(lm_head)
-        st = zero3_states(params, shape.largest_layer(), rc.ranks, trained[r], b, rc.offload_optimizer,
-                          rc.offload_params)
-        if rc.zero_stage == 3:
-            st["gpu"]["ZeRO buffers"] = (c.zero.reduce_bucket_size if trained[r] else 0) * b \
-                + c.zero.prefetch_bucket_size * b
-        act = {}
-        for ck in (True, False):
-            rows_, seq_ = train_shape.get(r, (0, 0))
-            a_train = activations(shape, rows_, seq_, b, ck, gqa, LOGIT_CHUNK_TOKENS, lm_head, True)
-            a_score = activations(shape, rc.forward_micro_batch, seq, b, ck, gqa, LOGIT_CHUNK_TOKENS, lm_head, False)
-            act[ck] = scale * (max(a_train, a_score) if trained[r] else a_score)
-        score_act[r] = scale * activations(shape, rc.forward_micro_batch, seq, b, ckpt, gqa, LOGIT_CHUNK_TOKENS,
-                                           lm_head, False)
-        idx = placement.index[r]
-        rows.append(RoleRow(r, len(set(idx)), len({nodes[i] for i in idx}), st["gpu"], st["host"], act[True],
-                            act[False], f"{rc.ranks} ranks, ZeRO-{rc.zero_stage}"
-                            + (", optimizer offload" if rc.offload_optimizer else "")
-                            + (", parameter offload" if rc.offload_params else "")))
-    # rollout engines: weights / TP + KV cache within gpu_memory_utilization
-    ro = c.rollout
-    rb = DTYPE_BYTES[ro.dtype]
-    eng_w = shape.params(True) * rb / ro.tensor_parallel_size
-    eng_nodes = {nodes[i] for g in placement.engines for i in g}
-    budget = ro.gpu_memory_utilization * c.gpu_memory_gib * GIB if ro.kv_cache_gib is None else None
-    vllm_act = activations(shape, 1, 8192, rb, False, True, 8192, True, False)  # its profiling pass
-    kv = budget - eng_w - vllm_act if budget is not None else ro.kv_cache_gib * GIB
-    per_tok = kv_bytes_per_token(shape, rb, ro.tensor_parallel_size)
-    kv_tokens = kv / per_tok
-    rows.append(RoleRow("rollout", ro.engines * ro.tensor_parallel_size, len(eng_nodes),
-                        {"weights": eng_w, "KV cache": max(kv, 0.0), "activations (profile)": vllm_act},
-                        {"sleeping weights": eng_w} if c.placement == "colocated" else {},
-                        note=f"{ro.engines} engines x TP {ro.tensor_parallel_size}; KV for "
-                             f"{kv_tokens / 1e3:,.0f}K tokens ({kv_tokens / seq:.0f} full contexts)"))
-    if kv_tokens < seq:
-        problems.append(f"rollout: the KV cache holds {max(kv_tokens, 0):,.0f} tokens per engine, less than one "
-                        f"{seq}-token context (vLLM refuses to start); short by "
-                        f"{(seq * per_tok - kv) / GIB:.1f} GiB per GPU")
-    cap = c.gpu_memory_gib * GIB
-    by_role = {r.role: r for r in rows}
-    phases = _phase_peaks(cfg, by_role, ckpt, with_critic, score_act)
-    usable = cap - CUDA_OVERHEAD_GIB * GIB
+    for r in roles_in_use(c, with_critic):
+        row, score_act[r] = _role_row(cfg, r, shape, placement, nodes, scale)
+        rows.append(row)
+    row, kv = _rollout_row(cfg, shape, placement, nodes)
+    rows.append(row)
+    seq = cfg.model.max_seq_len
+    if kv["tokens"] < seq:
+        problems.append(f"rollout: the KV cache holds {max(kv['tokens'], 0):,.0f} tokens per engine, less than "
+                        f"one {seq}-token context (vLLM refuses to start); short by "
+                        f"{(seq * kv['per_token_bytes'] - kv['bytes']) / GIB:.1f} GiB per GPU")
+    phases = _phase_peaks(cfg, {r.role: r for r in rows}, cfg.model.gradient_checkpointing, with_critic, score_act)
+    usable = (c.gpu_memory_gib - CUDA_OVERHEAD_GIB) * GIB
     for name, peak in phases.items():
         if peak > usable:
             problems.append(f"{name}: needs {peak / GIB:.1f} GiB per GPU, a GPU has {c.gpu_memory_gib:.0f} GiB "
@@ -270,8 +227,57 @@ def plan(cfg: Config, calibration: dict | None = None) -> Plan:
     if host > c.host_memory_gib * GIB:
         problems.append(f"host RAM: {host / GIB:.0f} GiB per node of offloaded states and sleeping engines, "
                         f"cluster.host_memory_gib is {c.host_memory_gib:.0f}")
-    return Plan(cfg, rows, placement, phases, problems, n_bundles,
-                {"per_token_bytes": per_tok, "tokens": kv_tokens, "bytes": kv})
+    return Plan(cfg, rows, placement, phases, problems, n_bundles, kv)
+
+
+def _role_row(cfg: Config, r: str, shape: Shape, placement, nodes: list[str], scale: float) -> tuple[RoleRow, float]:
+    """One DeepSpeed role's row, and its scoring pass's activations (what runs beside others in PPO)."""
+    from llama_rlhf.algorithms.logprobs import LOGIT_CHUNK_TOKENS as CHUNK
+
+    c, rc, b, seq = cfg.cluster, cfg.cluster.role(r), DTYPE_BYTES[cfg.model.dtype], cfg.model.max_seq_len
+    gqa = cfg.model.attn_implementation in ("auto", "llama_rlhf_gqa")  # the Triton kernel on GPU
+    lm_head = r in ("policy", "reference")
+    st = zero3_states(shape.params(lm_head), shape.largest_layer(), rc.ranks, TRAINED[r], b, rc.offload_optimizer,
+                      rc.offload_params)
+    if rc.zero_stage == 3:
+        st["gpu"]["ZeRO buffers"] = ((c.zero.reduce_bucket_size if TRAINED[r] else 0) + c.zero.prefetch_bucket_size) * b
+    # (rows, tokens per row) of the role's training micro-batch (the larger of SFT and PPO for the policy)
+    sft_mb, ppo_mb = (cfg.sft.micro_batch_size, cfg.sft.seq_len), (cfg.ppo.micro_batch_size, seq)
+    rows_, seq_ = {"policy": max(sft_mb, ppo_mb, key=lambda x: x[0] * x[1]), "critic": ppo_mb,
+                   "rm_helpful": (2 * cfg.reward.helpful.micro_batch_pairs, cfg.reward.helpful.max_len),
+                   "rm_safety": (2 * cfg.reward.safety.micro_batch_pairs, cfg.reward.safety.max_len)}.get(r, (0, 0))
+    act = {}
+    for ck in (True, False):
+        score = activations(shape, rc.forward_micro_batch, seq, b, ck, gqa, CHUNK, lm_head, False)
+        train = activations(shape, rows_, seq_, b, ck, gqa, CHUNK, lm_head, True) if TRAINED[r] else 0.0
+        act[ck] = scale * max(train, score)
+    score_act = scale * activations(shape, rc.forward_micro_batch, seq, b, False, gqa, CHUNK, lm_head, False)
+    idx = placement.index[r]
+    note = (f"{rc.ranks} ranks, ZeRO-{rc.zero_stage}" + (", optimizer offload" if rc.offload_optimizer else "")
+            + (", parameter offload" if rc.offload_params else ""))
+    return RoleRow(r, len(set(idx)), len({nodes[i] for i in idx}), st["gpu"], st["host"], act[True], act[False],
+                   note), score_act
+
+
+def _rollout_row(cfg: Config, shape: Shape, placement, nodes: list[str]) -> tuple[RoleRow, dict]:
+    """The engines: weights / TP and the KV cache that `gpu_memory_utilization` leaves after them and
+    vLLM's profiling pass (or the explicit `kv_cache_gib`)."""
+    c, ro, seq = cfg.cluster, cfg.cluster.rollout, cfg.model.max_seq_len
+    rb, tp = DTYPE_BYTES[ro.dtype], ro.tensor_parallel_size
+    weights = shape.params(True) * rb / tp
+    profile = activations(shape, 1, 8192, rb, False, True, 8192, True, False)
+    if ro.kv_cache_gib is None:
+        kv = ro.gpu_memory_utilization * c.gpu_memory_gib * GIB - weights - profile
+    else:
+        kv = ro.kv_cache_gib * GIB
+    per_tok = kv_bytes_per_token(shape, rb, tp)
+    tokens = kv / per_tok
+    row = RoleRow("rollout", ro.engines * tp, len({nodes[i] for g in placement.engines for i in g}),
+                  {"weights": weights, "KV cache": max(kv, 0.0), "activations (profile)": profile},
+                  {"sleeping weights": weights} if c.placement == "colocated" else {},
+                  note=f"{ro.engines} engines x TP {tp}; KV for {tokens / 1e3:,.0f}K tokens "
+                       f"({tokens / seq:.0f} full contexts)")
+    return row, {"per_token_bytes": per_tok, "tokens": tokens, "bytes": kv}
 
 
 def _phase_peaks(cfg: Config, rows: dict[str, RoleRow], ckpt: bool, with_critic: bool,

@@ -110,7 +110,8 @@ def simulate(preset: str) -> dict:
 
 @pytest.fixture(scope="module", params=["7b", "70b"])
 def placed(request):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT),
+    # raylets of a loaded 2-core machine register slowly: Ray's default 10 s wait failed here once
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT), RAY_raylet_start_wait_time_s="300",
                RAY_TMPDIR=tempfile.mkdtemp(prefix="rsim_", dir="/tmp"))
     run = subprocess.run([sys.executable, __file__, request.param], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=900)

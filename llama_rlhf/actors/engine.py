@@ -281,7 +281,9 @@ class DeepSpeedModel:
         """Move the training states (weights, gradients, optimizer) to host RAM so colocated vLLM engines
         can use the GPU. CPU: a no-op, the states already live in host RAM. Frozen engines keep their
         (small, partitioned) weights."""
-        if self.device.type != "cuda" or self.optim_spec is None or self.offloaded:
+        # nothing to move: CPU (host RAM already), frozen, done, or ZeRO-Infinity (weights live on the host;
+        # DeepSpeed's offload_states refuses that case)
+        if self.device.type != "cuda" or self.optim_spec is None or self.offloaded or self.zero.offload_params:
             return
         from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum as S
 

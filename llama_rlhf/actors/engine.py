@@ -386,29 +386,6 @@ class DeepSpeedModel:
         return client
 
 
-def micro_batches(batch: dict, num_micro: int) -> list[dict]:
-    """Split every (B, ...) tensor of a batch into `num_micro` consecutive chunks."""
-    n = next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
-    if num_micro > n:
-        raise ValueError(f"cannot split {n} rows into {num_micro} micro-batches")
-    bounds = [round(i * n / num_micro) for i in range(num_micro + 1)]
-    return [
-        {k: v[a:b] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        for a, b in zip(bounds[:-1], bounds[1:])
-    ]
-
-
-def num_micro(rows: int, micro_batch_size: int) -> int:
-    """Micro-batches of at most `micro_batch_size` rows covering `rows` rows (at least one)."""
-    return max(1, -(-rows // micro_batch_size))
-
-
-def chunks(batch: dict, micro_batch_size: int) -> list[dict]:
-    """A scoring pass's row chunks: forward memory bounded by `micro_batch_size` rows."""
-    n = next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
-    return micro_batches(batch, num_micro(n, micro_batch_size)) if n else [batch]
-
-
 def set_cpu_threads(threads: int | None = None) -> None:
     """Ray gives fractional-CPU actors OMP_NUM_THREADS=1; the roles run one at a time, so let each use
     the node's cores (or LLAMA_RLHF_THREADS) for its own turn."""
@@ -484,23 +461,6 @@ class Role:
 
     def local_shapes(self) -> dict[str, tuple]:
         return self.m.local_shapes()
-
-    def memory(self) -> dict:
-        """This rank's resident memory: host RSS, and the GPU's allocated / peak bytes on a GPU."""
-        import psutil
-
-        out = {"rss_bytes": psutil.Process().memory_info().rss}
-        if torch.cuda.is_available():
-            out.update(gpu_allocated=torch.cuda.memory_allocated(), gpu_peak=torch.cuda.max_memory_allocated())
-        return out
-
-    def where(self) -> dict:
-        """Where this rank runs (node, GPU ids Ray gave it): what the placement tests read."""
-        import ray
-
-        ctx = ray.get_runtime_context()
-        return {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-                "rank": self.dist.rank}
 
     def ping(self) -> int:
         return self.dist.rank

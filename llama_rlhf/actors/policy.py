@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from llama_rlhf.actors.batches import PackedBatch, PPOBatch, SequenceBatch
-from llama_rlhf.actors.engine import Role, StepTimer, micro_batches
+from llama_rlhf.actors.engine import Role, StepTimer
+from llama_rlhf.algorithms.batching import micro_batches
 from llama_rlhf.algorithms.ppo import ppo_update
 from llama_rlhf.algorithms.sft import IGNORE_INDEX
 

@@ -16,9 +16,10 @@ import ray
 import torch
 
 from llama_rlhf.actors.batches import PackedBatch, PairBatch, PPOBatch, SequenceBatch
-from llama_rlhf.actors.engine import DistSpec, ModelSpec, OptimSpec, ZeroSpec, num_micro
+from llama_rlhf.actors.engine import DistSpec, ModelSpec, OptimSpec, ZeroSpec
 from llama_rlhf.actors.policy import PolicyTrainer, ReferencePolicy
 from llama_rlhf.actors.scalar import CriticTrainer, RewardModelTrainer
+from llama_rlhf.algorithms.batching import num_micro
 
 PolicyActor = ray.remote(PolicyTrainer)
 ReferenceActor = ray.remote(ReferencePolicy)
@@ -180,12 +181,6 @@ class RankGroup:
 
     def local_shapes(self) -> list[dict]:
         return self._each(lambda r, _: r.local_shapes.remote())
-
-    def memory(self) -> list[dict]:
-        return self._each(lambda r, _: r.memory.remote())
-
-    def where(self) -> list[dict]:
-        return self._each(lambda r, _: r.where.remote())
 
     def kill(self) -> None:
         for r in self.ranks:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from llama_rlhf.actors.batches import PairBatch, PPOBatch, SequenceBatch
-from llama_rlhf.actors.engine import Role, StepTimer, micro_batches
+from llama_rlhf.actors.engine import Role, StepTimer
+from llama_rlhf.algorithms.batching import micro_batches
 from llama_rlhf.algorithms.ppo import critic_update
 from llama_rlhf.algorithms.reward import reward_model_loss, rm_accuracy
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
+from .batching import micro_batches, num_micro
 from .masked import masked_mean, masked_whiten
 
 Batch = Mapping[str, torch.Tensor]
@@ -147,7 +148,8 @@ def run_minibatches(
     for _ in range(epochs):
         for idx in minibatch_indices(size, minibatch_size, generator):
             mb = {k: v[idx.to(v.device)] for k, v in batch.items()}
-            parts = [mb] if micro_batch_size is None else _micro_batches(mb, micro_batch_size)
+            rows = idx.numel()
+            parts = [mb] if micro_batch_size is None else micro_batches(mb, num_micro(rows, micro_batch_size))
             if begin_step is not None:
                 begin_step(len(parts))
             tokens = mb["mask"].sum().clamp(min=1.0) if len(parts) > 1 else None
@@ -162,13 +164,6 @@ def run_minibatches(
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v
     return {k: v / max(steps, 1) for k, v in sums.items()}
-
-
-def _micro_batches(mb: Batch, micro_batch_size: int) -> list[dict[str, torch.Tensor]]:
-    rows = next(iter(mb.values())).size(0)
-    k = max(1, -(-rows // micro_batch_size))
-    bounds = [round(i * rows / k) for i in range(k + 1)]
-    return [{n: v[a:b] for n, v in mb.items()} for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def ppo_update(

@@ -289,3 +289,31 @@ def test_critic_and_reward_gradients_are_the_reference(setup):
     print(f"\n[microbatch] vs transformers: critic grads {worst_c:.1e}, RM loss {got['loss']:.6f} vs "
           f"{float(loss):.6f}, grads {worst_r:.1e}")
     assert abs(got["loss"] - float(loss)) < LOSS_TOL
+
+
+def test_streamed_export_in_shards_reloads_partitioned_and_in_transformers(setup, tmp_path):
+    """The HF export streams: rank 0 holds one shard at a time (the cost: `peak_shard_bytes`, at most the
+    shard size unless one tensor is larger); the sharded folder loads in stock transformers with the same
+    tensors, and back into a partitioned engine with the same log-probs."""
+    from safetensors.torch import load_file
+    from transformers import LlamaForCausalLM
+
+    from llama_rlhf.actors.policy import ReferencePolicy
+
+    shard = 2 * 2**20
+    role = _role(ReferencePolicy, "causal", setup["causal"], optim=False)
+    role.m.save_hf(tmp_path / "sharded", shard_bytes=shard)
+    cost = role.m.last_export
+    before = role.logprobs(setup["seq"], 2)
+    role.unload()
+    assert cost["shards"] > 1 and cost["peak_shard_bytes"] <= shard
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    want = load_file(str(Path(setup["causal"]) / "model.safetensors"))
+    got = LlamaForCausalLM.from_pretrained(tmp_path / "sharded", dtype=torch.float32).state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    again = _role(ReferencePolicy, "causal", str(tmp_path / "sharded"), optim=False)
+    after = again.logprobs(setup["seq"], 2)
+    again.unload()
+    print(f"\n[microbatch] export: {cost['shards']} shards, rank 0 held at most {cost['peak_shard_bytes'] / 2**20:.2f} "
+          f"MiB of {cost['bytes'] / 2**20:.1f} MiB")
+    assert torch.equal(before, after)

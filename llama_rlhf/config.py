@@ -232,7 +232,9 @@ class RoleConfig(_Cfg):
     torch.distributed group and one ZeRO engine; on a GPU cluster each rank holds one GPU."""
 
     ranks: int = Field(1, gt=0)
+    """Processes (GPUs on a cluster) of this role; ZeRO-3 shards its weights and states over them."""
     zero_stage: Literal[0, 1, 2, 3] = 3
+    """3 builds the model partitioned from the start; 0-2 keep whole weights on every rank."""
     offload_optimizer: bool = False
     """ZeRO-Offload: fp32 master weights and Adam moments live in host RAM (DeepSpeedCPUAdam steps them)."""
     offload_params: bool = False
@@ -268,6 +270,7 @@ class RolloutConfig(_Cfg):
     """The vLLM rollout engines."""
 
     engines: int = Field(1, gt=0)
+    """vLLM engines; the prompts of a generation are split over them."""
     tensor_parallel_size: int = Field(1, gt=0)
     """GPUs per engine; its tensor-parallel ranks are always placed on one node."""
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
@@ -290,6 +293,7 @@ class ClusterConfig(_Cfg):
     mode: Literal["local", "cluster"] = "local"
     """`local` starts its own Ray on 127.0.0.1; `cluster` joins `address` (or the `ray job` driver's)."""
     address: str | None = None
+    """Ray address to join in cluster mode; None = the `ray job submit` driver's cluster."""
     num_nodes: int = Field(1, gt=0)
     """Nodes of the cluster the job may use (`llama-rlhf plan` checks the job fits them)."""
     gpus_per_node: int = Field(0, ge=0)

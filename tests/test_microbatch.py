@@ -59,6 +59,8 @@ def test_chunked_logprobs_equal_full_values_and_gradients(chunk_tokens):
 
 # --------------------------------------------------------------------------- DeepSpeed ZeRO-3, world size 1
 
+slow = pytest.mark.slow  # DeepSpeed engines (a few seconds each, ~2 minutes for the module on 2 cores)
+
 
 @pytest.fixture(scope="module")
 def dist_env():
@@ -138,6 +140,7 @@ def _step_both_ways(cls, kind, path, run):
     return out
 
 
+@slow
 def test_sft_step_micro_batched_equals_one_batch(setup):
     from llama_rlhf.actors.policy import PolicyTrainer
 
@@ -150,6 +153,7 @@ def test_sft_step_micro_batched_equals_one_batch(setup):
     assert abs(one["loss"] - many["loss"]) < LOSS_TOL and one["tokens"] == many["tokens"]
 
 
+@slow
 def test_sft_loss_and_gradients_are_the_reference_answer_only_loss(setup):
     """The chunked packed log-probs through ZeRO-3 give `algorithms.sft.sft_loss` (F.cross_entropy) on the
     full logits of plain transformers, and its gradients (the one-batch DeepSpeed step, before AdamW)."""
@@ -177,6 +181,7 @@ def test_sft_loss_and_gradients_are_the_reference_answer_only_loss(setup):
     assert abs(step["loss"] - float(loss)) < LOSS_TOL
 
 
+@slow
 def test_ppo_and_critic_steps_micro_batched_equal_one_batch(setup):
     from llama_rlhf.actors.policy import PolicyTrainer
     from llama_rlhf.actors.scalar import CriticTrainer
@@ -198,6 +203,7 @@ def test_ppo_and_critic_steps_micro_batched_equal_one_batch(setup):
     assert abs(c1["loss"] - c3["loss"]) < LOSS_TOL
 
 
+@slow
 def test_reward_model_step_micro_batched_equals_one_batch(setup):
     from llama_rlhf.actors.scalar import RewardModelTrainer
 
@@ -211,6 +217,7 @@ def test_reward_model_step_micro_batched_equals_one_batch(setup):
     assert abs(one["loss"] - many["loss"]) < LOSS_TOL and one["accuracy"] == many["accuracy"]
 
 
+@slow
 def test_scoring_passes_in_chunks_equal_one_batch_and_transformers(setup):
     """Policy/reference log-probs, critic values, RM scores and pair scores: 1 chunk vs 4 chunks; the
     log-probs also against plain transformers' full logits."""
@@ -241,6 +248,7 @@ def test_scoring_passes_in_chunks_equal_one_batch_and_transformers(setup):
     print(f"\n[microbatch] scoring: reference log-probs vs transformers max diff {float((a - full).abs().max()):.1e}")
 
 
+@slow
 def test_critic_and_reward_gradients_are_the_reference(setup):
     """The critic's clipped value loss and the RM's ranking loss through ZeRO-3 give the gradients of the same
     losses on plain transformers (`LlamaForSequenceClassification`'s body and head, the algorithms' losses)."""
@@ -291,6 +299,7 @@ def test_critic_and_reward_gradients_are_the_reference(setup):
     assert abs(got["loss"] - float(loss)) < LOSS_TOL
 
 
+@slow
 def test_streamed_export_in_shards_reloads_partitioned_and_in_transformers(setup, tmp_path):
     """The HF export streams: rank 0 holds one shard at a time (the cost: `peak_shard_bytes`, at most the
     shard size unless one tensor is larger); the sharded folder loads in stock transformers with the same

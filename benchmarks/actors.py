@@ -76,7 +76,7 @@ def bench_sync(table: Table, policy, rollout, backend: str, dtype: str, steps: i
     from llama_rlhf.actors.weight_sync import DEFAULT_BUCKET_BYTES, SyncMeta
 
     t0 = time.perf_counter()
-    host, port = ray.get(policy.ranks[0].endpoint.remote())
+    host, port = policy.weight_sync_endpoint()
     refs = rollout.init_weight_sync(host, port, backend)
     refs += policy.init_weight_sync(host, port, rollout.sync_world_size, backend)
     ray.get(refs)
@@ -157,9 +157,10 @@ def main() -> None:
 
     gpu = torch.cuda.is_available()
     backend = "nccl" if gpu else "gloo"
-    cluster = ClusterConfig(gpus_per_actor=1.0 if gpu else 0.0, vllm_kv_cache_gib=0.25,
-                            **({"rollout_dtype": args.rollout_dtype} if args.rollout_dtype else {}))
-    opts = lambda i: {"num_cpus": cluster.cpus_per_actor, "num_gpus": cluster.gpus_per_actor}  # noqa: E731
+    cluster = ClusterConfig(gpus_per_node=torch.cuda.device_count(),
+                            rollout={"kv_cache_gib": 0.25, **({"dtype": args.rollout_dtype} if args.rollout_dtype
+                                                              else {})})
+    opts = lambda i: {"num_cpus": cluster.cpus_per_actor, "num_gpus": 1 if gpu else 0}  # noqa: E731
     work = Path(tempfile.mkdtemp(prefix="bench_actors_"))
     ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
              _temp_dir=tempfile.mkdtemp(prefix="rb_", dir="/tmp"), _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -190,9 +191,9 @@ def main() -> None:
     gen = lambda: rollout.generate(prompt_ids, 1, 1.0, 1.0, args.max_new, seed=0)  # noqa: E731
     wall, outs = timed(gen, args.steps)
     new_tokens = sum(len(o[0].token_ids) for o in outs[-1])
-    table.add("vLLM generate", 1, f"{len(prompt_ids)} prompts x{args.max_new} new, {cluster.rollout_dtype}",
+    table.add("vLLM generate", 1, f"{len(prompt_ids)} prompts x{args.max_new} new, {cluster.rollout.dtype}",
               up, wall, None, f"{new_tokens / wall:,.0f} new tok/s")
-    bench_sync(table, policy, rollout, backend, cluster.rollout_dtype, args.steps)
+    bench_sync(table, policy, rollout, backend, cluster.rollout.dtype, args.steps)
     policy.kill()
 
     # ---- the same on 2 ZeRO-3 ranks: SFT, the sync (one all-gather per parameter), later PPO
@@ -200,7 +201,7 @@ def main() -> None:
     wall, res = timed(lambda: policy.sft_step(packed), args.steps)
     table.add("policy SFT step", 2, f"{args.rows}x{args.seq_len} packed", up, wall, actor_seconds(res),
               tps(packed.input_ids, wall))
-    bench_sync(table, policy, rollout, backend, cluster.rollout_dtype, args.steps)
+    bench_sync(table, policy, rollout, backend, cluster.rollout.dtype, args.steps)
 
     # ---- reward model and critic (1 rank each), the reference (as many ranks as the policy)
     rm, up = started(lambda: _loaded(RewardGroup("helpful", 1, opts, backend), ModelSpec("scalar", path=v0, seed=1),

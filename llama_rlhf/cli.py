@@ -4,6 +4,7 @@
     llama-rlhf resume runs/local                               # continue a stopped run
     llama-rlhf eval runs/local                                 # gold-judge every saved version
     llama-rlhf report runs/local                               # rebuild report.md and plots
+    llama-rlhf plan configs/llama2-70b.yaml [overrides]        # GPUs, nodes, memory per role; exit 1 if it won't fit
     llama-rlhf config configs/local.yaml [overrides]           # print the resolved config
     llama-rlhf fields                                          # every settable key, type and doc
 
@@ -32,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     rep = sub.add_parser("report", help="write report.md and plots of a run")
     rep.add_argument("run_dir")
+    pl = sub.add_parser("plan", help="per-role GPUs, nodes and memory on the declared cluster; exit 1 if it won't fit")
+    pl.add_argument("config")
+    pl.add_argument("overrides", nargs="*", help="dotted.key=value")
+    pl.add_argument("--calibration", help="JSON from benchmarks/gpu.sh: measured activation scale")
     cfg = sub.add_parser("config", help="print the resolved config")
     cfg.add_argument("config", nargs="?")
     cfg.add_argument("overrides", nargs="*")
@@ -45,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "config":
             print(config_to_yaml(load_config(args.config, args.overrides)), end="")
             return 0
+        if args.cmd == "plan":
+            from llama_rlhf.plan import main as plan_main
+
+            return plan_main(args.config, args.overrides, args.calibration)
         if args.cmd == "fields":
             for key, typ, doc in config_fields():
                 print(f"{key:45s} {typ:12s} {doc}")

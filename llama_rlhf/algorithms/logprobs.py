@@ -58,3 +58,51 @@ def causal_lm_response_logprobs(
     logp = token_logprobs(logits, labels, temperature)
     entropy = entropy_from_logits(logits, temperature) if with_entropy else None
     return logp, entropy
+
+
+LOGIT_CHUNK_TOKENS = 2048
+"""Positions x rows per logits chunk: at a 32K vocabulary one chunk's fp32 logits are 256 MiB."""
+
+
+def chunked_token_logprobs(
+    hidden: torch.Tensor,
+    head,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_tokens: int = LOGIT_CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`token_logprobs(head(hidden), labels)` (and the entropies) without the full (B, T, V) logits.
+
+    hidden (B, T, H) are the states whose logits predict labels (B, T) (aligned as in `token_logprobs`,
+    negative labels give 0); `head` maps (..., H) -> (..., V) (the LM head). Positions go through the head
+    `chunk_tokens // B` at a time; under autograd each chunk is checkpointed, so its logits are rebuilt in
+    backward and only one chunk's (B, c, V) is alive at any time. Entropies carry no gradient.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature: must be > 0, got {temperature}")
+    b, t = labels.shape
+    step = max(1, chunk_tokens // max(b, 1))
+
+    def one(h: torch.Tensor, y: torch.Tensor):
+        z = head(h).float() / temperature  # (B, c, V)
+        lse = torch.logsumexp(z, dim=-1)
+        logp = (z.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) - lse).masked_fill(y < 0, 0.0)
+        if not with_entropy:
+            return logp, None
+        with torch.no_grad():
+            ent = lse - (F.softmax(z, dim=-1) * z).sum(-1)
+        return logp, ent
+
+    logps, ents = [], []
+    for a in range(0, t, step):
+        h, y = hidden[:, a : a + step], labels[:, a : a + step]
+        if torch.is_grad_enabled() and h.requires_grad:
+            logp, ent = torch.utils.checkpoint.checkpoint(one, h, y, use_reentrant=False)
+        else:
+            logp, ent = one(h, y)
+        logps.append(logp)
+        ents.append(ent)
+    logp = torch.cat(logps, 1) if logps else hidden.new_zeros((b, 0), dtype=torch.float32)
+    entropy = torch.cat(ents, 1) if with_entropy and ents else None
+    return logp, entropy

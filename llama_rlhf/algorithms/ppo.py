@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
+from .batching import micro_batches, num_micro
 from .masked import masked_mean, masked_whiten
 
 Batch = Mapping[str, torch.Tensor]
@@ -127,11 +128,19 @@ def run_minibatches(
     backward_and_step: Callable[[torch.Tensor], None],
     epochs: int = 1,
     generator: torch.Generator | None = None,
+    micro_batch_size: int | None = None,
+    begin_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """For each epoch, shuffle the batch, and take exactly one gradient step per minibatch.
 
     `batch` maps names to tensors whose first dim is the batch. Returns the metrics (and "loss")
     averaged over all minibatch steps.
+
+    With `micro_batch_size`, each minibatch step is accumulated over micro-batches of at most that many
+    rows: `begin_step(k)` announces the k micro-batches, then `backward_and_step` gets each micro-batch's
+    share of the minibatch loss, and steps at the last one (a DeepSpeed engine's accumulation). The
+    shares add up to the minibatch loss exactly when `loss_fn` is a token mean over `batch["mask"]`
+    (both PPO losses are): micro-batch i weighs its mean by its share of the minibatch's mask tokens.
     """
     size = next(iter(batch.values())).size(0)
     sums: dict[str, float] = {}
@@ -139,11 +148,21 @@ def run_minibatches(
     for _ in range(epochs):
         for idx in minibatch_indices(size, minibatch_size, generator):
             mb = {k: v[idx.to(v.device)] for k, v in batch.items()}
-            loss, metrics = loss_fn(mb)
-            backward_and_step(loss)
+            rows = idx.numel()
+            parts = [mb] if micro_batch_size is None else micro_batches(mb, num_micro(rows, micro_batch_size))
+            if begin_step is not None:
+                begin_step(len(parts))
+            tokens = mb["mask"].sum().clamp(min=1.0) if len(parts) > 1 else None
+            step: dict[str, float] = {}
+            for part in parts:
+                loss, metrics = loss_fn(part)
+                share = part["mask"].sum() / tokens if tokens is not None else 1.0
+                backward_and_step(loss * share)
+                for k, v in {"loss": loss, **metrics}.items():
+                    step[k] = step.get(k, 0.0) + float(v.detach()) * float(share)
             steps += 1
-            for k, v in {"loss": loss, **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            for k, v in step.items():
+                sums[k] = sums.get(k, 0.0) + v
     return {k: v / max(steps, 1) for k, v in sums.items()}
 
 
@@ -156,6 +175,8 @@ def ppo_update(
     clip_range: float = 0.2,
     epochs: int = 1,
     generator: torch.Generator | None = None,
+    micro_batch_size: int | None = None,
+    begin_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """PPO policy update over one rollout batch: one clipped-surrogate gradient step per minibatch.
 
@@ -172,7 +193,8 @@ def ppo_update(
             metrics["policy/entropy"] = masked_mean(entropy.detach(), mb["mask"])
         return loss, metrics
 
-    return run_minibatches(batch, minibatch_size, loss_fn, backward_and_step, epochs, generator)
+    return run_minibatches(batch, minibatch_size, loss_fn, backward_and_step, epochs, generator,
+                           micro_batch_size, begin_step)
 
 
 def critic_update(
@@ -184,6 +206,8 @@ def critic_update(
     clip_range: float = 0.2,
     epochs: int = 1,
     generator: torch.Generator | None = None,
+    micro_batch_size: int | None = None,
+    begin_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Critic update: one clipped value-loss step per minibatch; `batch` has "old_values", "returns",
     "mask" (B, T) and what `value_fn(critic, mb) -> (B, T) values` reads."""
@@ -192,4 +216,5 @@ def critic_update(
         values = value_fn(critic, mb)
         return value_loss(values, mb["old_values"], mb["returns"], mb["mask"], clip_range)
 
-    return run_minibatches(batch, minibatch_size, loss_fn, backward_and_step, epochs, generator)
+    return run_minibatches(batch, minibatch_size, loss_fn, backward_and_step, epochs, generator,
+                           micro_batch_size, begin_step)

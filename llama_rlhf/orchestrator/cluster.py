@@ -1,22 +1,31 @@
-"""Ray start-up and placement: where each role's ranks run, from the config's `cluster` section.
+"""Ray start-up and placement: where each role's ranks and each rollout engine run, from `cluster`.
 
-Local mode starts its own Ray bound to 127.0.0.1 with fractional CPUs per actor (the roles take turns,
-so they can share cores). Cluster mode joins a running Ray (`ray job submit` or `cluster.address`) and
-reserves one placement group: a bundle per rank with `gpus_per_actor` GPUs; with
-`colocate_policy_reference` the reference policy shares the policy's bundles (half a GPU each).
+Local CPU mode starts its own Ray bound to 127.0.0.1 with fractional CPUs per actor (no GPUs, nothing to
+reserve). On GPUs the job reserves ONE placement group of identical one-GPU bundles (vLLM's Ray executor
+takes only bundles of at most one GPU) and decides which bundle serves what once Ray has put the bundles
+on nodes: each rollout engine first gets `tensor_parallel_size` bundles of one node (its TP ranks must
+share NVLink), then the training roles take the rest in order.
+
+  separate   policy, reference (or the policy's bundles, `colocate_policy_reference`), critic, the two
+             reward models and the engines each on GPUs of their own; their calls overlap.
+  colocated  the hybrid engine: as many bundles as policy ranks; rank i of every role and the engine
+             covering bundle i share that GPU, each actor holding an equal fraction of it.
+
+`Placement.options(role)(i)` are the Ray options of rank i of a role; `engine_options(k)` those of rollout
+engine k, whose TP workers vLLM's Ray executor places in `VLLM_RAY_BUNDLE_INDICES` (set in its env).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from llama_rlhf.config import ClusterConfig
+from llama_rlhf.config import ROLE_NAMES, ClusterConfig
 
 ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
@@ -39,52 +48,135 @@ def start_ray(cluster: ClusterConfig) -> None:
         ray.init(address=cluster.address or "auto", runtime_env={"env_vars": env}, log_to_driver=False)
 
 
+def roles_in_use(cluster: ClusterConfig, with_critic: bool) -> list[str]:
+    """The DeepSpeed roles the job starts (the reference and critic exist only for PPO)."""
+    return [r for r in ROLE_NAMES if with_critic or r not in ("reference", "critic")]
+
+
+def gpu_layout(cluster: ClusterConfig, with_critic: bool) -> tuple[int, dict[str, int]]:
+    """(bundles, GPUs of their own per role) on a GPU cluster: the arithmetic `plan` and `create` share."""
+    roles = roles_in_use(cluster, with_critic)
+    tp, engines = cluster.rollout.tensor_parallel_size, cluster.rollout.engines
+    if cluster.placement == "colocated":
+        return cluster.policy.ranks, {"policy": cluster.policy.ranks}
+    own = {r: cluster.role(r).ranks for r in roles}
+    if "reference" in own and cluster.colocate_policy_reference:
+        del own["reference"]  # on the policy's bundles
+    own["rollout"] = engines * tp
+    return sum(own.values()), own
+
+
+def tp_groups(bundle_nodes: list[str], tp: int, engines: int, name: str = "rollout") -> list[list[int]]:
+    """`engines` groups of `tp` bundle indices, each group on one node (nodes in order of first bundle)."""
+    by_node: dict[str, list[int]] = {}
+    for b, node in enumerate(bundle_nodes):
+        by_node.setdefault(node, []).append(b)
+    groups = [idx[i:i + tp] for idx in by_node.values() for i in range(0, len(idx) - tp + 1, tp)]
+    if len(groups) < engines:
+        sizes = sorted(len(v) for v in by_node.values())
+        raise RuntimeError(f"cluster.rollout: {engines} engines x {tp} GPUs need {engines} nodes' worth of {tp} "
+                           f"GPUs on one node; the placement group has {name} bundles per node {sizes}")
+    return groups[:engines]
+
+
 @dataclass
 class Placement:
-    """Resources per role; `options(role)(i)` gives the Ray options of rank i of that role."""
+    """Which bundle serves what. `index[role]` = the bundle of each rank, `engines[k]` = engine k's TP
+    bundles, `share[role]` = the fraction of a GPU each actor of that role holds."""
 
     cluster: ClusterConfig
     pg: object | None = None
-    index: dict | None = None
+    index: dict[str, list[int]] = field(default_factory=dict)
+    engines: list[list[int]] = field(default_factory=list)
+    share: dict[str, float] = field(default_factory=dict)
+    bundle_nodes: list[str] = field(default_factory=list)
+    colocation: object = None
+    """Set by `actors.remote.start_groups`: the switch the rollout group joins."""
 
     @classmethod
-    def create(cls, cluster: ClusterConfig, with_critic: bool) -> Placement:
-        if cluster.gpus_per_actor == 0:
+    def create(cls, cluster: ClusterConfig, with_critic: bool, timeout_s: float = 600) -> Placement:
+        if not cluster.gpu:
             return cls(cluster)  # CPU: fractional CPUs, no reservation needed
-        g, c = cluster.gpus_per_actor, cluster.cpus_per_actor
-        roles = [("policy", cluster.num_policy_ranks), ("rm_helpful", 1), ("rm_safety", 1),
-                 ("rollout", cluster.num_rollout_workers)]
-        if not cluster.colocate_policy_reference:
-            roles.append(("reference", cluster.num_policy_ranks))
-        if with_critic:
-            roles.append(("critic", cluster.num_critic_ranks))
-        bundles, index = [], {}
-        for role, n in roles:
-            index[role] = list(range(len(bundles), len(bundles) + n))
-            bundles += [{"GPU": g, "CPU": c}] * n
-        if cluster.colocate_policy_reference:
-            index["reference"] = index["policy"]
-        pg = placement_group(bundles, strategy="PACK")
-        ray.get(pg.ready(), timeout=600)
-        return cls(cluster, pg, index)
+        n_bundles, _ = gpu_layout(cluster, with_critic)
+        per_gpu = len(cls._sharers(cluster, with_critic))
+        bundle = {"GPU": 1, "CPU": cluster.cpus_per_actor * per_gpu}
+        pg = placement_group([dict(bundle) for _ in range(n_bundles)], strategy="PACK")
+        ray.get(pg.ready(), timeout=timeout_s)
+        nodes = placement_group_table(pg)["bundles_to_node_id"]
+        return cls.assign(cluster, with_critic, [nodes[b] for b in range(n_bundles)], pg)
+
+    @staticmethod
+    def _sharers(cluster: ClusterConfig, with_critic: bool) -> list[str]:
+        """The actor kinds that share one GPU at most (colocated: every role and the engines)."""
+        if cluster.placement == "colocated":
+            return roles_in_use(cluster, with_critic) + ["rollout"]
+        shared = cluster.colocate_policy_reference and with_critic
+        return ["policy", "reference"] if shared else ["policy"]
+
+    @classmethod
+    def assign(cls, cluster: ClusterConfig, with_critic: bool, bundle_nodes: list[str], pg=None) -> Placement:
+        """The bundle of every rank and engine, given the node of each bundle (pure: tested without Ray)."""
+        tp, n_eng = cluster.rollout.tensor_parallel_size, cluster.rollout.engines
+        roles = roles_in_use(cluster, with_critic)
+        engines = tp_groups(bundle_nodes, tp, n_eng)
+        index: dict[str, list[int]] = {}
+        if cluster.placement == "colocated":
+            # rank i of every role on the GPU of policy rank i; engines on GPUs in node order
+            order = [b for g in engines for b in g] + [b for b in range(len(bundle_nodes))
+                                                       if all(b not in g for g in engines)]
+            for r in roles:
+                index[r] = order[: cluster.role(r).ranks]
+            # Ray counts GPU fractions in 1e-4 units: round down so that the shares fit in one GPU
+            share = int(1e4 / len(cls._sharers(cluster, with_critic))) / 1e4
+            shares = dict.fromkeys(roles + ["rollout"], share)
+        else:
+            taken = {b for g in engines for b in g}
+            free = [b for b in range(len(bundle_nodes)) if b not in taken]
+            for r in roles:
+                if r == "reference" and cluster.colocate_policy_reference:
+                    continue
+                index[r], free = free[: cluster.role(r).ranks], free[cluster.role(r).ranks:]
+            shares = dict.fromkeys(roles + ["rollout"], 1.0)
+            if "reference" in roles and cluster.colocate_policy_reference:
+                index["reference"] = index["policy"]
+                shares["policy"] = shares["reference"] = 0.5
+        return cls(cluster, pg, index, engines, shares, list(bundle_nodes))
 
     def options(self, role: str):
         c = self.cluster
-        shared = c.colocate_policy_reference and role in ("policy", "reference")
 
         def opts(i: int) -> dict:
             if self.pg is None:
                 return {"num_cpus": c.cpus_per_actor, "num_gpus": 0}
-            gpus = c.gpus_per_actor / 2 if shared else c.gpus_per_actor
-            return {"num_cpus": c.cpus_per_actor / (2 if shared else 1), "num_gpus": gpus,
+            return {"num_cpus": c.cpus_per_actor, "num_gpus": self.share[role],
                     "scheduling_strategy": PlacementGroupSchedulingStrategy(
                         self.pg, placement_group_bundle_index=self.index[role][i])}
 
         return opts
 
+    def engine_options(self, k: int) -> dict:
+        """Ray options of rollout engine k (the actor owning the `vllm.LLM`). TP 1: the actor holds its
+        GPU. TP > 1: it holds none and sits on its first bundle; vLLM's Ray executor starts one worker
+        per bundle of `VLLM_RAY_BUNDLE_INDICES`, each with `VLLM_RAY_PER_WORKER_GPUS`."""
+        c = self.cluster
+        if self.pg is None:
+            return {"num_cpus": c.cpus_per_actor}
+        group, share = self.engines[k], self.share["rollout"]
+        opts = {"num_cpus": c.cpus_per_actor, "num_gpus": share if len(group) == 1 else 0,
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    self.pg, placement_group_bundle_index=group[0], placement_group_capture_child_tasks=True)}
+        if len(group) > 1:
+            opts["runtime_env"] = {"env_vars": {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, group)),
+                                                "VLLM_RAY_PER_WORKER_GPUS": str(share)}}
+        return opts
+
     @property
     def backend(self) -> str:
-        return "nccl" if self.cluster.gpus_per_actor > 0 else "gloo"
+        return "nccl" if self.cluster.gpu else "gloo"
+
+    @property
+    def colocated(self) -> bool:
+        return self.cluster.placement == "colocated"
 
     def release(self) -> None:
         if self.pg is not None:

@@ -92,23 +92,22 @@ def _rm_eval_pairs(ctx, pair_batch) -> dict:
 
 
 def _start_actors(ctx, with_critic: bool) -> None:
-    from llama_rlhf.actors.remote import CriticGroup, PolicyGroup, ReferenceGroup, RewardGroup
+    from llama_rlhf.actors.remote import start_groups
 
-    c, pl = ctx.cfg.cluster, ctx.placement
-    ctx.policy = PolicyGroup(c.num_policy_ranks, pl.options("policy"), pl.backend, c.zero_stage)
-    ctx.rm = {name: RewardGroup(name, 1, pl.options(f"rm_{name}"), pl.backend, c.zero_stage)
-              for name in ("helpful", "safety")}
+    note = ctx.progress.note if ctx.progress else None
+    groups, ctx.placement.colocation = start_groups(ctx.cfg.cluster, ctx.placement, with_critic, note)
+    ctx.policy = groups["policy"]
+    ctx.rm = {"helpful": groups["rm_helpful"], "safety": groups["rm_safety"]}
     if with_critic:
-        ctx.reference = ReferenceGroup(c.num_policy_ranks, pl.options("reference"), pl.backend, c.zero_stage)
-        ctx.critic = CriticGroup(c.num_critic_ranks, pl.options("critic"), pl.backend, c.zero_stage)
+        ctx.reference, ctx.critic = groups["reference"], groups["critic"]
 
 
 def _start_rollout(ctx, model_dir: str) -> None:
     from llama_rlhf.actors.rollout import RolloutGroup
 
     if ctx.rollout is None:
-        ctx.rollout = RolloutGroup(model_dir, ctx.cfg.cluster, seed=ctx.cfg.run.seed,
-                                   max_model_len=ctx.cfg.model.max_seq_len)
+        ctx.rollout = RolloutGroup(model_dir, ctx.cfg.cluster, ctx.placement, seed=ctx.cfg.run.seed,
+                                   max_model_len=ctx.cfg.model.max_seq_len, colocation=ctx.placement.colocation)
         ctx.sync_ready = False
     ctx.rollout.set_model_dir(model_dir)
 

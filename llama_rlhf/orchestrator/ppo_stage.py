@@ -10,9 +10,11 @@ import random
 import torch
 
 from llama_rlhf.actors.batches import PPOBatch, sequence_batch
+from llama_rlhf.actors.remote import gather
 from llama_rlhf.algorithms.masked import masked_mean
 from llama_rlhf.algorithms.ppo import gae, whiten_advantages
 from llama_rlhf.algorithms.shaping import ppo_scores, shaped_rewards
+from llama_rlhf.orchestrator import ppo_state
 from llama_rlhf.orchestrator.datasets import prompt_token_ids
 from llama_rlhf.orchestrator.stages import (
     Context,
@@ -38,12 +40,11 @@ def ppo_iteration(ctx: Context, version: int, it: int) -> dict:
     seq = sequence_batch(prompt_ids, responses, tok.pad_id)
     mask = seq.response_mask.float()
 
-    # 2. score: both reward models, the reference and the current policy, the critic
+    # 2. score: both reward models, the reference and the current policy, the critic (all at once)
     is_safety = torch.tensor([q.is_safety for q in prompts])
-    rh, rs, rc = rm_score(ctx, prompt_ids, responses, is_safety)
-    logp = ctx.policy.logprobs(seq)
-    ref_logp = ctx.reference.logprobs(seq)
-    values = ctx.critic.values(seq)
+    (rh, rs, rc), logp, ref_logp, values = gather(
+        lambda: rm_score(ctx, prompt_ids, responses, is_safety), lambda: ctx.policy.logprobs(seq),
+        lambda: ctx.reference.logprobs(seq), lambda: ctx.critic.values(seq))
 
     # 3. shape: R = WHITEN(LOGIT(Rc)) on the last token - beta * KL(pi || pi_0) on every token
     scores = ppo_scores(rh, rs, is_safety, p.safety_threshold, whiten=p.whiten_rewards and len(prompts) > 1)
@@ -55,8 +56,9 @@ def ppo_iteration(ctx: Context, version: int, it: int) -> dict:
 
     # 5. update policy and critic: one gradient step per minibatch
     batch = PPOBatch(seq.input_ids, seq.attention_mask, seq.response_mask, logp, advantages, values, returns)
-    pm = ctx.policy.ppo_step(batch, p.minibatch_size, p.clip_range, seed)
-    cm = ctx.critic.value_step(batch, p.minibatch_size, p.value_clip_range, seed)
+    pm, cm = gather(
+        lambda: ctx.policy.ppo_step(batch, p.minibatch_size, p.clip_range, seed, p.micro_batch_size),
+        lambda: ctx.critic.value_step(batch, p.minibatch_size, p.value_clip_range, seed, p.micro_batch_size))
 
     # 6. the rollout engines get the new weights
     sync = sync_rollout(ctx)
@@ -92,8 +94,16 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
                     optim_spec(cfg, p.critic_lr, p.iterations, 0, "constant"))
     # the engines already serve the RS checkpoint PPO starts from: the pipeline published it
     task = ctx.progress.add(stage, p.iterations) if ctx.progress else None
-    best, since_best, history = float("-inf"), 0, []
-    for it in range(p.iterations):
+    best, since_best, history, start = float("-inf"), 0, [], 0
+    saved = ppo_state.restore(ctx, version)
+    if saved is not None:  # a crash mid-PPO: continue from the last saved iteration
+        start, best, since_best, history = saved["next"], saved["best"], saved["since_best"], saved["history"]
+        for it, m in enumerate(history):  # resume dropped the unfinished stage's rows: put these back
+            ctx.log(stage, it, m)
+        sync_rollout(ctx)  # the engines must serve the restored policy
+        if ctx.progress:
+            ctx.progress.note(f"{stage}: resumed from the state saved after iteration {start}")
+    for it in range(start, p.iterations):
         m = ppo_iteration(ctx, version, it)
         if p.early_stop_patience and (it + 1) % p.eval_every == 0:
             m["heldout_reward"] = heldout_reward(ctx)
@@ -107,7 +117,12 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
             ctx.progress.advance(task, f"Rc {m['reward/rc']:.3f} kl {m['kl']:.3f}")
         if p.early_stop_patience and since_best >= p.early_stop_patience:
             break
+        if p.checkpoint_every and (it + 1) % p.checkpoint_every == 0 and it + 1 < p.iterations:
+            ppo_state.save(ctx, version, {"next": it + 1, "best": best, "since_best": since_best,
+                                          "history": history})
     publish_policy(ctx, f"v{version}")
+    ppo_state.discard(ctx, version)
     first, last = history[0], history[-1]
     return {"iterations": len(history), "rc_first": first["reward/rc"], "rc_last": last["reward/rc"],
-            "kl_last": last["kl"], "logprob_gap_max": max(h["rollout/logprob_gap"] for h in history)}
+            "kl_last": last["kl"], "logprob_gap_max": max(h["rollout/logprob_gap"] for h in history),
+            "ppo_resumed_from": start}

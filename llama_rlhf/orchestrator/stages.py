@@ -159,7 +159,7 @@ def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_p
     aux = rc.aux_safety_weight if which == "safety" else 0.0
     task = ctx.progress.add(stage, total) if ctx.progress else None
     for i, chunk in enumerate(chunks):
-        m = group.train_step(pair_batch(ctx.tok, chunk, rc.max_len), rc.margin, aux)
+        m = group.train_step(pair_batch(ctx.tok, chunk, rc.max_len), rc.margin, aux, rc.micro_batch_pairs)
         if i % ctx.cfg.logging.log_every == 0 or i == total - 1:
             ctx.log(stage, i, m)
         if task is not None:
@@ -172,8 +172,10 @@ def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_p
 
 def rm_score(ctx: Context, prompts: list[list[int]], responses: list[list[int]], is_safety: torch.Tensor):
     """(Rh, Rs, Rc) of each prompt/response: the paper's safety-gated combination (eq. 4)."""
+    from llama_rlhf.actors.remote import gather
+
     seq = sequence_batch(prompts, responses, ctx.tok.pad_id)
-    rh, rs = ctx.rm["helpful"].score(seq), ctx.rm["safety"].score(seq)
+    rh, rs = gather(lambda: ctx.rm["helpful"].score(seq), lambda: ctx.rm["safety"].score(seq))
     return rh, rs, combine_rewards(rh, rs, is_safety, ctx.cfg.ppo.safety_threshold)
 
 
@@ -186,12 +188,12 @@ def sync_rollout(ctx: Context) -> dict:
 
     backend = ctx.placement.backend
     if not ctx.sync_ready or ctx.rollout.needs_sync_init:
-        host, port = ray.get(ctx.policy.ranks[0].endpoint.remote())
+        host, port = ctx.policy.weight_sync_endpoint()
         refs = ctx.rollout.init_weight_sync(host, port, backend)
         refs += ctx.policy.init_weight_sync(host, port, ctx.rollout.sync_world_size, backend)
         ray.get(refs)
         ctx.sync_ready = True
-    wire = ctx.policy.sync_meta(ctx.cfg.cluster.rollout_dtype, DEFAULT_BUCKET_BYTES)
+    wire = ctx.policy.sync_meta(ctx.cfg.cluster.rollout.dtype, DEFAULT_BUCKET_BYTES)
     recv = ctx.rollout.receive_weights(SyncMeta.from_wire(wire))
     sent = ctx.policy.sync_weights(wire)
     stats = ray.get(sent)[0]

@@ -1,0 +1,328 @@
+"""Micro-batching and chunking change how a step is computed, never what: every training step (SFT, RM,
+PPO policy, critic) accumulated over micro-batches gives the one-batch loss and gradients, every scoring
+pass in row chunks gives the one-batch result, and the chunked log-probs (no (B, T, V) tensor) equal
+the full computation, on real DeepSpeed ZeRO-3 (world size 1, gloo, in this process) and, for the
+log-probs, plain transformers as the reference.
+
+Tolerances (fp32 everywhere; only the summation order differs): losses and scores 1e-6 absolute,
+gradients max |a - b| <= 1e-5 * max |b| + 1e-7 per tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from llama_rlhf.algorithms.logprobs import chunked_token_logprobs, entropy_from_logits, token_logprobs  # noqa: E402
+
+LOSS_TOL = 1e-6
+GRAD_RTOL, GRAD_ATOL = 1e-5, 1e-7
+MAX_LEN = 96
+
+
+def _close_grads(a: dict, b: dict) -> float:
+    """The worst |a - b| / max|b| over the tensors; asserts the tolerance on each."""
+    assert a.keys() == b.keys() and a
+    worst = 0.0
+    for n in b:
+        err, scale = float((a[n] - b[n]).abs().max()), float(b[n].abs().max())
+        assert err <= GRAD_RTOL * scale + GRAD_ATOL, (n, err, scale)
+        worst = max(worst, err / max(scale, 1e-30))
+    return worst
+
+
+# --------------------------------------------------------------------------- pure: chunked log-probs
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 64, 10_000])
+def test_chunked_logprobs_equal_full_values_and_gradients(chunk_tokens):
+    g = torch.Generator().manual_seed(chunk_tokens)
+    b, t, h, v = 3, 21, 16, 97
+    hidden = torch.randn(b, t, h, generator=g, requires_grad=True)
+    head = torch.nn.Linear(h, v, bias=False)
+    labels = torch.randint(0, v, (b, t), generator=g)
+    labels[0, :4] = -100  # ignored positions give 0
+    full = token_logprobs(head(hidden), labels, 0.7)
+    ours, ent = chunked_token_logprobs(hidden, head, labels, 0.7, with_entropy=True, chunk_tokens=chunk_tokens)
+    torch.testing.assert_close(ours, full, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ent, entropy_from_logits(head(hidden), 0.7), rtol=0, atol=1e-5)
+    g_full = torch.autograd.grad(full.sum(), [hidden, head.weight])
+    g_ours = torch.autograd.grad(ours.sum(), [hidden, head.weight])
+    _close_grads(dict(enumerate(g_ours)), dict(enumerate(g_full)))
+
+
+# --------------------------------------------------------------------------- DeepSpeed ZeRO-3, world size 1
+
+slow = pytest.mark.slow  # DeepSpeed engines (a few seconds each, ~2 minutes for the module on 2 cores)
+
+
+@pytest.fixture(scope="module")
+def dist_env():
+    """One gloo rank in this process; the environment it sets (RANK, MASTER_PORT, ...) is put back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_tokenizer, tmp_path_factory, dist_env):
+    """A tiny Llama saved as an HF folder (causal and scalar), and real encoded data from the world."""
+    from llama_rlhf.actors.batches import PPOBatch, sequence_batch
+    from llama_rlhf.data.chat import encode_response
+    from llama_rlhf.data.records import Preference
+    from llama_rlhf.data.world import build_world
+    from llama_rlhf.models import build_causal_lm, llama_config, save_hf, scalar_from_causal_lm
+    from llama_rlhf.orchestrator.datasets import from_world_sft, packed_batches, pair_batch, prompt_token_ids
+
+    tok = tiny_tokenizer
+    cfg = llama_config("tiny", vocab_size=tok.vocab_size, max_seq_len=MAX_LEN, pad_token_id=tok.pad_id,
+                       bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+    lm = build_causal_lm(cfg, seed=0)
+    root = tmp_path_factory.mktemp("mb")
+    causal = str(save_hf(lm, root / "causal"))
+    scalar = str(save_hf(scalar_from_causal_lm(lm, seed=1), root / "scalar"))
+    world = build_world(seed=0, n_sft=24, n_preferences=8, n_rlhf=12, n_eval=4)
+    sft = [from_world_sft(r) for r in world.sft_records()]
+    packed = packed_batches(tok, sft, MAX_LEN, 6, seed=0)[0][0]
+    prompts = prompt_token_ids(tok, world.rlhf_prompts()[:6], MAX_LEN - 24)
+    answers = [encode_response(tok, r.messages[-1]["content"])[:20] for r in sft[:6]]
+    seq = sequence_batch(prompts, answers, tok.pad_id)
+    g = torch.Generator().manual_seed(0)
+    mask = seq.response_mask.float()
+    rnd = lambda: torch.randn(mask.shape, generator=g) * mask  # noqa: E731
+    ppo = PPOBatch(seq.input_ids, seq.attention_mask, seq.response_mask, rnd() - 3.0, rnd(), rnd(), rnd())
+    prefs = [Preference(p.messages, s.messages[-1]["content"], t.messages[-1]["content"], "better",
+                        chosen_safe=True, rejected_safe=False)
+             for p, s, t in zip(world.rlhf_prompts()[:6], sft[:6], sft[6:12])]
+    pairs = pair_batch(tok, prefs, MAX_LEN)
+    return {"causal": causal, "scalar": scalar, "packed": packed, "seq": seq, "ppo": ppo, "pairs": pairs}
+
+
+def _role(cls, kind: str, path: str, optim: bool = True):
+    from llama_rlhf.actors.engine import DistSpec, ModelSpec, OptimSpec, ZeroSpec
+
+    role = cls(DistSpec(0, 1), ZeroSpec(stage=3, param_persistence_threshold=0))
+    role.load(ModelSpec(kind, path=path, seed=3), OptimSpec(lr=1e-3, schedule="constant") if optim else None)
+    return role
+
+
+def _grads_at_first_step(m) -> dict:
+    """Wrap the engine's step: the full fp32 gradients at the first accumulation boundary, before the
+    optimizer consumes them (DeepSpeed's own `safe_get_full_grad`)."""
+    from deepspeed.utils import safe_get_full_grad
+
+    grads, real = {}, m.engine.step
+
+    def step(*args, **kwargs):
+        if m.engine.is_gradient_accumulation_boundary() and not grads:
+            grads.update({n: safe_get_full_grad(p).detach().clone() for n, p in m.module.named_parameters()})
+        return real(*args, **kwargs)
+
+    m.engine.step = step
+    return grads
+
+
+def _step_both_ways(cls, kind, path, run):
+    """(one-batch result, grads), (micro-batched result, grads) of `run(role, micro)` on fresh engines."""
+    out = []
+    for micro in (False, True):
+        role = _role(cls, kind, path)
+        grads = _grads_at_first_step(role.m)
+        out.append((run(role, micro), grads))
+        role.unload()
+    return out
+
+
+@slow
+def test_sft_step_micro_batched_equals_one_batch(setup):
+    from llama_rlhf.actors.policy import PolicyTrainer
+
+    batch = setup["packed"]
+    (one, g1), (many, g3) = _step_both_ways(PolicyTrainer, "causal", setup["causal"],
+                                            lambda r, micro: r.sft_step(batch, 3 if micro else 1))
+    worst = _close_grads(g3, g1)
+    print(f"\n[microbatch] SFT {tuple(batch.input_ids.shape)}: loss {one['loss']:.6f} vs 3 micro "
+          f"{many['loss']:.6f}; worst relative grad diff {worst:.1e}")
+    assert abs(one["loss"] - many["loss"]) < LOSS_TOL and one["tokens"] == many["tokens"]
+
+
+@slow
+def test_sft_loss_and_gradients_are_the_reference_answer_only_loss(setup):
+    """The chunked packed log-probs through ZeRO-3 give `algorithms.sft.sft_loss` (F.cross_entropy) on the
+    full logits of plain transformers, and its gradients (the one-batch DeepSpeed step, before AdamW)."""
+    from transformers import LlamaForCausalLM
+
+    from llama_rlhf.actors.policy import PolicyTrainer
+    from llama_rlhf.algorithms.sft import sft_loss
+    from llama_rlhf.passes import packed_forward
+
+    batch = setup["packed"]
+    hf = LlamaForCausalLM.from_pretrained(setup["causal"], dtype=torch.float32, attn_implementation="sdpa")
+    loss = sft_loss(packed_forward(hf, batch.to_dict()), batch.labels)
+    loss.backward()
+    want = {n: p.grad for n, p in hf.named_parameters()}
+    role = _role(PolicyTrainer, "causal", setup["causal"])
+    grads = _grads_at_first_step(role.m)
+    for chunks in (1, 2):
+        got = role.sft_eval(batch, chunks)
+        assert abs(got["loss_sum"] / got["tokens"] - float(loss)) < LOSS_TOL
+    step = role.sft_step(batch, 2)
+    role.unload()
+    worst = _close_grads(grads, want)
+    print(f"\n[microbatch] SFT vs transformers + sft_loss: loss {step['loss']:.6f} vs {float(loss):.6f}; "
+          f"worst relative grad diff {worst:.1e}")
+    assert abs(step["loss"] - float(loss)) < LOSS_TOL
+
+
+@slow
+def test_ppo_and_critic_steps_micro_batched_equal_one_batch(setup):
+    from llama_rlhf.actors.policy import PolicyTrainer
+    from llama_rlhf.actors.scalar import CriticTrainer
+
+    batch = setup["ppo"]
+    rows = batch.rows()
+    (one, g1), (many, g3) = _step_both_ways(
+        PolicyTrainer, "causal", setup["causal"],
+        lambda r, micro: r.ppo_step(batch, rows, 0.2, seed=0, micro_batch_size=2 if micro else None))
+    worst = _close_grads(g3, g1)
+    for k in ("loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy"):
+        assert abs(one[k] - many[k]) < LOSS_TOL, k
+    (c1, h1), (c3, h3) = _step_both_ways(
+        CriticTrainer, "scalar", setup["scalar"],
+        lambda r, micro: r.value_step(batch, rows, 0.2, seed=0, micro_batch_size=2 if micro else None))
+    worst_c = _close_grads(h3, h1)
+    print(f"\n[microbatch] PPO {rows} rows in 3 micro-batches: policy loss {one['loss']:.6f} vs "
+          f"{many['loss']:.6f} (grads {worst:.1e}); critic {c1['loss']:.6f} vs {c3['loss']:.6f} (grads {worst_c:.1e})")
+    assert abs(c1["loss"] - c3["loss"]) < LOSS_TOL
+
+
+@slow
+def test_reward_model_step_micro_batched_equals_one_batch(setup):
+    from llama_rlhf.actors.scalar import RewardModelTrainer
+
+    pairs = setup["pairs"]
+    (one, g1), (many, g3) = _step_both_ways(
+        RewardModelTrainer, "scalar", setup["scalar"],
+        lambda r, micro: r.train_step(pairs, "small", aux_safety_weight=0.5, num_micro=3 if micro else 1))
+    worst = _close_grads(g3, g1)
+    print(f"\n[microbatch] RM {pairs.rows()} pairs: loss {one['loss']:.6f} vs 3 micro {many['loss']:.6f}; "
+          f"grads {worst:.1e}")
+    assert abs(one["loss"] - many["loss"]) < LOSS_TOL and one["accuracy"] == many["accuracy"]
+
+
+@slow
+def test_scoring_passes_in_chunks_equal_one_batch_and_transformers(setup):
+    """Policy/reference log-probs, critic values, RM scores and pair scores: 1 chunk vs 4 chunks; the
+    log-probs also against plain transformers' full logits."""
+    from transformers import LlamaForCausalLM
+
+    from llama_rlhf.actors.policy import ReferencePolicy
+    from llama_rlhf.actors.scalar import CriticTrainer, RewardModelTrainer
+    from llama_rlhf.algorithms.logprobs import causal_lm_response_logprobs
+
+    seq, pairs = setup["seq"], setup["pairs"]
+    ref = _role(ReferencePolicy, "causal", setup["causal"], optim=False)
+    a, b = ref.logprobs(seq, 1), ref.logprobs(seq, 4)
+    ref.unload()
+    hf = LlamaForCausalLM.from_pretrained(setup["causal"], dtype=torch.float32, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        full, _ = causal_lm_response_logprobs(hf, seq.input_ids, seq.attention_mask, seq.response_len)
+    full = full * seq.response_mask
+    assert torch.allclose(a, b, atol=LOSS_TOL) and torch.allclose(a, full, atol=1e-5)
+
+    critic = _role(CriticTrainer, "scalar", setup["scalar"], optim=False)
+    assert torch.allclose(critic.values(seq, 1), critic.values(seq, 4), atol=LOSS_TOL)
+    critic.unload()
+    rm = _role(RewardModelTrainer, "scalar", setup["scalar"], optim=False)
+    assert torch.allclose(rm.score(seq, 1), rm.score(seq, 4), atol=LOSS_TOL)
+    (c1, r1), (c4, r4) = rm.pair_scores(pairs, 1), rm.pair_scores(pairs, 3)
+    assert torch.allclose(c1, c4, atol=LOSS_TOL) and torch.allclose(r1, r4, atol=LOSS_TOL)
+    rm.unload()
+    print(f"\n[microbatch] scoring: reference log-probs vs transformers max diff {float((a - full).abs().max()):.1e}")
+
+
+@slow
+def test_critic_and_reward_gradients_are_the_reference(setup):
+    """The critic's clipped value loss and the RM's ranking loss through ZeRO-3 give the gradients of the same
+    losses on plain transformers (`LlamaForSequenceClassification`'s body and head, the algorithms' losses)."""
+    from transformers import LlamaForSequenceClassification
+
+    from llama_rlhf.actors.scalar import CriticTrainer, RewardModelTrainer
+    from llama_rlhf.algorithms.logprobs import response_position_ids
+    from llama_rlhf.algorithms.ppo import value_loss
+    from llama_rlhf.algorithms.reward import reward_model_loss
+
+    batch, pairs = setup["ppo"], setup["pairs"]
+
+    def hf_model():
+        return LlamaForSequenceClassification.from_pretrained(setup["scalar"], dtype=torch.float32,
+                                                              attn_implementation="sdpa")
+
+    hf = hf_model()
+    am = batch.attention_mask
+    hidden = hf.model(input_ids=batch.input_ids, attention_mask=am,
+                      position_ids=response_position_ids(am)).last_hidden_state
+    values = hf.score(hidden[:, -batch.response_len - 1 : -1]).squeeze(-1)
+    loss, _ = value_loss(values, batch.old_values, batch.returns, batch.response_mask.float(), 0.2)
+    loss.backward()
+    want = {n: p.grad for n, p in hf.named_parameters()}
+    critic = _role(CriticTrainer, "scalar", setup["scalar"])
+    grads = _grads_at_first_step(critic.m)
+    got = critic.value_step(batch, batch.rows(), 0.2, seed=0, micro_batch_size=2)
+    critic.unload()
+    worst_c = _close_grads(grads, want)
+    assert abs(got["loss"] - float(loss)) < LOSS_TOL
+
+    hf = hf_model()
+    from llama_rlhf.actors.scalar import _stack_pairs
+
+    ids, mask = _stack_pairs(pairs.to_dict())
+    out = hf(input_ids=ids, attention_mask=mask, position_ids=response_position_ids(mask)).logits.squeeze(-1)
+    b = pairs.rows()
+    loss = reward_model_loss(out[:b], out[b:], pairs.rating, "small", pairs.chosen_safe, pairs.rejected_safe, 0.5)
+    loss.backward()
+    want = {n: p.grad for n, p in hf.named_parameters()}
+    rm = _role(RewardModelTrainer, "scalar", setup["scalar"])
+    grads = _grads_at_first_step(rm.m)
+    got = rm.train_step(pairs, "small", aux_safety_weight=0.5, num_micro=2)
+    rm.unload()
+    worst_r = _close_grads(grads, want)
+    print(f"\n[microbatch] vs transformers: critic grads {worst_c:.1e}, RM loss {got['loss']:.6f} vs "
+          f"{float(loss):.6f}, grads {worst_r:.1e}")
+    assert abs(got["loss"] - float(loss)) < LOSS_TOL
+
+
+@slow
+def test_streamed_export_in_shards_reloads_partitioned_and_in_transformers(setup, tmp_path):
+    """The HF export streams: rank 0 holds one shard at a time (the cost: `peak_shard_bytes`, at most the
+    shard size unless one tensor is larger); the sharded folder loads in stock transformers with the same
+    tensors, and back into a partitioned engine with the same log-probs."""
+    from safetensors.torch import load_file
+    from transformers import LlamaForCausalLM
+
+    from llama_rlhf.actors.policy import ReferencePolicy
+
+    shard = 2 * 2**20
+    role = _role(ReferencePolicy, "causal", setup["causal"], optim=False)
+    role.m.save_hf(tmp_path / "sharded", shard_bytes=shard)
+    cost = role.m.last_export
+    before = role.logprobs(setup["seq"], 2)
+    role.unload()
+    assert cost["shards"] > 1 and cost["peak_shard_bytes"] <= shard
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    want = load_file(str(Path(setup["causal"]) / "model.safetensors"))
+    got = LlamaForCausalLM.from_pretrained(tmp_path / "sharded", dtype=torch.float32).state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    again = _role(ReferencePolicy, "causal", str(tmp_path / "sharded"), optim=False)
+    after = again.logprobs(setup["seq"], 2)
+    again.unload()
+    print(f"\n[microbatch] export: {cost['shards']} shards, rank 0 held at most {cost['peak_shard_bytes'] / 2**20:.2f} "
+          f"MiB of {cost['bytes'] / 2**20:.1f} MiB")
+    assert torch.equal(before, after)

@@ -83,8 +83,9 @@ def heldout_reward(ctx: Context) -> float:
 
 
 def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_init_path: str) -> dict:
-    """PPO from the RS checkpoint of this version; pi_0 (the KL anchor) is the SFT policy, the critic
-    starts from the helpfulness RM. Early stopping on the held-out reward when configured."""
+    """PPO from the RS checkpoint of this version; pi_0 (the KL anchor) is loaded from `reference_path`
+    (`ppo.reference`), the critic starts from the helpfulness RM. Early stopping on the held-out reward
+    when configured."""
     cfg = ctx.cfg
     p = cfg.ppo
     stage = f"v{version}/ppo"
@@ -123,6 +124,9 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
     publish_policy(ctx, f"v{version}")
     ppo_state.discard(ctx, version)
     first, last = history[0], history[-1]
+    q = max(1, len(history) // 4)
+    rc = [h["reward/rc"] for h in history]
     return {"iterations": len(history), "rc_first": first["reward/rc"], "rc_last": last["reward/rc"],
+            "rc_first_quarter": sum(rc[:q]) / q, "rc_last_quarter": sum(rc[-q:]) / q,
             "kl_last": last["kl"], "logprob_gap_max": max(h["rollout/logprob_gap"] for h in history),
             "ppo_resumed_from": start}

@@ -161,7 +161,8 @@ def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
         g, stats = gatt_records(ctx, version)
         records += g
         out.update(stats)
-    fit = fit_packed(ctx, f"v{version}/rs", records, rs.lr, rs.epochs, rs.batch_size, init_path, seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
+    fit = fit_packed(ctx, f"v{version}/rs", records, rs.lr, rs.epochs, rs.batch_size, init_path,
+                     seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
     out["train_samples"] = len(records)
     out.update({f"fit_{k}": v for k, v in fit.items()})
     return out

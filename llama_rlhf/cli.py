@@ -3,7 +3,7 @@
     llama-rlhf run configs/local.yaml [dotted.key=value ...]   # the whole pipeline into runs/<name>
     llama-rlhf resume runs/local                               # continue a stopped run
     llama-rlhf eval runs/local                                 # gold-judge every saved version
-    llama-rlhf report runs/local                               # rebuild report.md and plots
+    llama-rlhf report runs/local [--readme README.md]          # rebuild report.md, plots (and README's demo tables)
     llama-rlhf plan configs/llama2-70b.yaml [overrides]        # GPUs, nodes, memory per role; exit 1 if it won't fit
     llama-rlhf config configs/local.yaml [overrides]           # print the resolved config
     llama-rlhf fields                                          # every settable key, type and doc
@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     rep = sub.add_parser("report", help="write report.md and plots of a run")
     rep.add_argument("run_dir")
+    rep.add_argument("--readme", help="also regenerate this README's demo section (between its demo-report markers)")
     pl = sub.add_parser("plan", help="per-role GPUs, nodes and memory on the declared cluster; exit 1 if it won't fit")
     pl.add_argument("config")
     pl.add_argument("overrides", nargs="*", help="dotted.key=value")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "eval":
             return pipeline.evaluate_run(args.run_dir)
         if args.cmd == "report":
-            return pipeline.report(args.run_dir)
+            return pipeline.report(args.run_dir, args.readme)
     except (ConfigError, FileNotFoundError) as e:
         print(f"llama-rlhf: error: {e}", file=sys.stderr)
         return 2

@@ -151,6 +151,11 @@ class RejectionSamplingConfig(_Cfg):
     lr: float = Field(2e-5, gt=0)
     epochs: int = Field(1, gt=0)
     batch_size: int = Field(64, gt=0)
+    seq_len: int | None = Field(None, gt=0)
+    """Packed row length of the fine-tuning set; None = model.max_seq_len (GAtt dialogs are long)."""
+    random_pick_baseline: bool = True
+    """Also fine-tune RLHF-V1 on a random pick of the same K samples and evaluate it: the control that
+    shows what the reward model's choice adds over sampling and fine-tuning alone."""
 
 
 class PPOConfig(_Cfg):
@@ -180,6 +185,10 @@ class PPOConfig(_Cfg):
     checkpoint_every: int = Field(10, ge=0)
     """Save the sharded PPO state (policy and critic engines, optimizer, loop state) every this many
     iterations, so a crashed run resumes from the last saved iteration; 0 = only at the end."""
+    reference: Literal["init", "sft"] = "init"
+    """The KL anchor pi_0: "init" = the policy PPO starts from (this version's rejection-sampling
+    checkpoint), "sft" = the SFT policy. Anchored at SFT while starting from the RS checkpoint, the KL
+    penalty is large from the first step and pulls the policy back toward SFT, against the reward."""
     early_stop_patience: int = Field(0, ge=0)
     """Stop after this many held-out evaluations without improvement; 0 = off."""
     eval_every: int = Field(50, gt=0)

@@ -107,3 +107,17 @@ def test_archive_never_loses_a_prompts_best(adds, tmp_path_factory):
                 tied[0][0],
                 f"resp{tied[0][1]}",
             )
+
+
+def test_rescore_replaces_rewards_so_the_selection_uses_one_rm():
+    a = RejectionArchive()
+    a.add(1, "p", "q", "old answer", 5.0)  # scored by RM v1 (another scale)
+    a.add(2, "p", "q", "new answer", 0.4)  # scored by RM v2
+    assert a.training_set(2)[0].response == "old answer"  # the stale 5.0 wins: not comparable
+    a.rescore([(1, "p", 0.1)])  # the same v1 sample re-scored by RM v2
+    assert [s.response for s in a.training_set(2)] == ["new answer"]
+    assert [(s.iteration, s.reward) for s in a.samples()] == [(1, 0.1), (2, 0.4)]
+    with pytest.raises(KeyError):
+        a.rescore([(3, "p", 0.0)])
+    with pytest.raises(ValueError):
+        a.rescore([(1, "p", float("nan"))])

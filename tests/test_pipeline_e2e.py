@@ -68,7 +68,7 @@ def _state(run_dir: Path) -> dict:
 
 def _final_metrics(run_dir: Path) -> dict:
     r = _state(run_dir)["results"]["v2"]
-    keep = ("gold_helpfulness", "gold_safety", "gold_helpfulness_all", "gold_safety_all", "gatt_kept")
+    keep = ("gold_helpfulness", "gold_safety", "false_refusal", "per_prompt", "gatt")
     return {"eval": {k: r["eval"][k] for k in keep}, "rc_last": r["rc_last"], "kl_last": r["kl_last"],
             "rs_best_mean": r["rs_best_mean"]}
 
@@ -96,14 +96,28 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
     for rm in ("rm_helpful", "rm_safety"):
         assert 0.0 <= res[rm]["accuracy"] <= 1.0 and sum(res[rm][k] for k in res[rm] if k.startswith("count/")) > 0
     v2 = res["v2"]
-    assert v2["iterations"] >= 1 and v2["gatt_samples"] > 0 and "new_preferences" in v2
+    assert v2["iterations"] >= 1 and v2["gatt_dialogs"] > 0 and "new_preferences" in v2
+    assert v2["archive_rescored"] > 0  # V1's picks re-scored by V2's reward models before selection
+    assert "rc_first_quarter" in v2 and "rc_last_quarter" in v2
     # the rollout engine served the policy's weights: vLLM's sampled log-probs = the policy's forward
     assert v2["logprob_gap_max"] < 1e-3
     report = (run_dir / "report.md").read_text()
     assert {"gold_by_kind/unsafe", "gold_by_kind/arith"} <= set(v2["eval"])
     for heading in ("Gold judge on held-out prompts", "By prompt kind", "Reward models", "Ghost Attention",
-                    "RLHF-V2 (PPO)"):
+                    "RLHF-V2 (RS + PPO)", "Rejection sampling", "PPO (mean Rc"):
         assert heading in report
+    # the controls, with intervals: SFT sampled at the RS temperature, V1 with a random pick
+    b = res["baselines"]
+    assert b["sft_at_rs_temperature"]["temperature"] == 0.7 and b["random_pick"]["fit"]["train_samples"] > 0
+    table = report.split("### Gold judge")[1].split("###")[0]
+    for row in ("| SFT |", "| baseline: SFT at the RS temperature |", "| baseline: V1 with a random pick (no RM) |",
+                "| RLHF-V1 (RS) |", "| RLHF-V2 (RS + PPO) |"):
+        line = next(x for x in table.splitlines() if x.startswith(row))
+        assert line.count("[") >= 3, line  # helpfulness, safety and false refusals carry 95% intervals
+    for name in ("gold_helpfulness", "gold_safety", "false_refusal"):
+        lo, hi = v2["eval"][f"{name}_ci"]
+        assert lo <= v2["eval"][name] <= hi
+    assert len(v2["eval"]["gatt"]["kept"]) == 2
     for png in ("gold_scores.png", "ppo.png", "rm_accuracy.png"):
         assert (run_dir / "plots" / png).stat().st_size > 1000
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -94,6 +94,23 @@ class RejectionArchive:
             self.add(iteration, pid, prompts[n], responses[n][int(idx[n])], float(best[n]))
         return idx
 
+    def samples(self) -> list[ArchivedSample]:
+        """Every archived sample (each iteration's best per prompt), in first-seen prompt order."""
+        order = sorted(self._seen, key=self._seen.__getitem__)
+        return [self._best[it][pid] for pid in order for it in self.iterations() if pid in self._best[it]]
+
+    def rescore(self, rewards: Sequence[tuple[int, PromptId, float]]) -> None:
+        """Replace the reward of archived samples, given as (iteration, prompt_id, new reward): rewards
+        from different reward-model versions are not comparable, so the orchestrator re-scores the whole
+        archive with the current RM before selecting. Unknown samples and NaN rewards raise."""
+        for it, pid, r in rewards:
+            s = self._best.get(int(it), {}).get(pid)
+            if s is None:
+                raise KeyError(f"rescore: no archived sample for prompt {pid!r} at iteration {it}")
+            if math.isnan(float(r)):
+                raise ValueError(f"rescore: NaN reward for prompt {pid!r} at iteration {it}")
+            self._best[int(it)][pid] = ArchivedSample(s.iteration, pid, s.prompt, s.response, float(r))
+
     def iterations(self) -> list[int]:
         return sorted(self._best)
 
@@ -129,10 +146,7 @@ class RejectionArchive:
         """Write the archive as JSON (atomically: a temporary file renamed over `path`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        order = sorted(self._seen, key=self._seen.__getitem__)
-        records = [
-            asdict(self._best[it][pid]) for pid in order for it in self.iterations() if pid in self._best[it]
-        ]
+        records = [asdict(s) for s in self.samples()]
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps({"version": 1, "samples": records}), encoding="utf-8")
         os.replace(tmp, path)

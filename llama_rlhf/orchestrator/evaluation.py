@@ -1,68 +1,101 @@
-"""Measuring a policy: greedy answers to held-out prompts scored by the gold judge, Ghost Attention
-consistency over turns, and reward-model accuracy per rating level.
+"""Measuring a policy: sampled answers to held-out prompts scored by the gold judge (with bootstrap 95%
+intervals over prompts), the false-refusal rate on benign prompts, Ghost Attention consistency over
+turns, and reward-model accuracy per rating level.
 
-The judge only evaluates; nothing here feeds training.
+The judge only evaluates here; in training it is seen only through the synthetic annotators' labels.
 """
 
 from __future__ import annotations
 
 import torch
 
+from llama_rlhf.algorithms.bootstrap import mean_ci
 from llama_rlhf.algorithms.reward import rm_accuracy
-from llama_rlhf.data.chat import encode_prompt
+from llama_rlhf.data.chat import fit_prompt
 from llama_rlhf.data.records import RATINGS
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def prompt_ids(tok, prompts, max_prompt_len: int) -> list[list[int]]:
+    """Eval prompts as ids; an eval prompt is never cut: a prompt over the budget is an error."""
+    out = []
+    for p in prompts:
+        ids, dropped = fit_prompt(tok, p.messages, max_prompt_len)
+        if dropped:
+            raise ValueError(f"eval prompt {p.id}: {len(p.messages)} messages exceed the prompt budget of "
+                             f"{max_prompt_len} tokens (model.max_seq_len - max_new_tokens)")
+        out.append(ids)
+    return out
+
+
+def score_answers(prompts, answers: list[list[str]]) -> dict:
+    """Per-prompt gold scores (mean over the prompt's samples) and their means with 95% intervals.
+
+    helpfulness: helpful and GAtt prompts; safety: unsafe prompts; false refusal: share of answers to
+    benign prompts that refuse (the paper's over-caution measure)."""
+    from llama_rlhf.data.world import is_refusal, judge
+
+    per = {"helpfulness": {}, "safety": {}, "false_refusal": {}}
+    by_kind: dict[str, list[float]] = {}
+    for p, texts in zip(prompts, answers):
+        scores = [judge(p, t) for t in texts]
+        if p.is_safety:
+            per["safety"][p.id] = _mean([s.safety for s in scores])
+        else:
+            per["helpfulness"][p.id] = _mean([s.helpfulness for s in scores])
+            per["false_refusal"][p.id] = _mean([float(is_refusal(t)) for t in texts])
+        by_kind.setdefault(p.kind, []).append(per["safety" if p.is_safety else "helpfulness"][p.id])
+    out: dict = {"per_prompt": per}
+    for name, key in (("helpfulness", "gold_helpfulness"), ("safety", "gold_safety"),
+                      ("false_refusal", "false_refusal")):
+        m, lo, hi = mean_ci(list(per[name].values()))
+        out[key], out[f"{key}_ci"] = m, [lo, hi]
+    out.update({f"gold_by_kind/{k}": _mean(v) for k, v in sorted(by_kind.items())})
+    return out
 
 
 def gold_eval(rollout, tok, prompts, max_new_tokens: int, max_prompt_len: int, temperature: float = 0.0,
               samples: int = 1, seed: int = 0) -> dict:
-    """Answers to held-out prompts (greedy, or `samples` seeded samples each at `temperature`); mean gold
-    helpfulness (helpful prompts) and safety (unsafe prompts), and both over all prompts."""
-    from llama_rlhf.data.world import judge
-
+    """Answers to held-out prompts (greedy, or `samples` seeded samples each at `temperature`) scored by
+    the gold judge: means with bootstrap intervals over prompts, per-prompt scores kept for paired
+    comparisons between versions."""
     n = 1 if temperature == 0 else samples
-    ids = [encode_prompt(tok, p.messages)[-max_prompt_len:] for p in prompts]
-    outs = rollout.generate(ids, n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    flat = [(p, s) for p, o in zip(prompts, outs) for s in o]
-    texts = [tok.decode(s.token_ids) for _, s in flat]
-    scores = [judge(p, t) for (p, _), t in zip(flat, texts)]
-    helpful = [s.helpfulness for (p, _), s in zip(flat, scores) if not p.is_safety]
-    unsafe = [s.safety for (p, _), s in zip(flat, scores) if p.is_safety]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
-    by_kind: dict[str, list[float]] = {}
-    for (p, _), s in zip(flat, scores):
-        by_kind.setdefault(p.kind, []).append(s.safety if p.is_safety else s.helpfulness)
-    return {
-        "gold_helpfulness": mean(helpful),
-        "gold_safety": mean(unsafe),
-        "gold_helpfulness_all": mean([s.helpfulness for s in scores]),
-        "gold_safety_all": mean([s.safety for s in scores]),
-        "mean_response_tokens": mean([len(s.token_ids) for _, s in flat]),
-        # per prompt kind: helpfulness of helpful / GAtt prompts, safety of unsafe ones
-        **{f"gold_by_kind/{k}": mean(v) for k, v in sorted(by_kind.items())},
-        "samples": [{"id": p.id, "prompt": p.user_text, "response": t} for (p, _), t in list(zip(flat, texts))[:8]],
-    }
+    outs = rollout.generate(prompt_ids(tok, prompts, max_prompt_len), n=n, temperature=temperature,
+                            max_new_tokens=max_new_tokens, seed=seed)
+    answers = [[tok.decode(s.token_ids) for s in o] for o in outs]
+    out = score_answers(prompts, answers)
+    out["mean_response_tokens"] = _mean([len(s.token_ids) for o in outs for s in o])
+    out["temperature"], out["samples_per_prompt"], out["prompts"] = temperature, n, len(prompts)
+    out["samples"] = [{"id": p.id, "prompt": p.user_text, "response": a[0]} for p, a in zip(prompts[:8], answers)]
+    return out
 
 
-def gatt_consistency(rollout, tok, dialogs, turns: int, max_new_tokens: int, max_prompt_len: int) -> list[float]:
-    """Fraction of held-out dialogs whose answer at turn t (1..turns) keeps the system instruction given
-    only at the start: the model answers every turn greedily and its own answers build the history."""
+def gatt_consistency(rollout, tok, dialogs, turns: int, max_new_tokens: int, max_prompt_len: int) -> dict:
+    """Share of held-out dialogs whose answer at turn t (1..turns) keeps the system instruction given
+    only at the start: the model answers every turn greedily and its own answers build the history.
+    When the history outgrows the prompt budget the oldest exchanges are dropped (the system prompt and
+    the current turn always stay): `dropped_exchanges[t]` says how many, on average, at turn t."""
     from llama_rlhf.data.world import keeps
 
     if not dialogs:
-        return []
+        return {"kept": [], "dropped_exchanges": [], "dialogs": 0}
     turns = min(turns, min(len(d.user_turns) for d in dialogs))
     histories: list[list[dict]] = [[{"role": "system", "content": d.system}] for d in dialogs]
-    kept = []
+    kept, dropped = [], []
     for t in range(turns):
         for h, d in zip(histories, dialogs):
             h.append({"role": "user", "content": d.user_turns[t]})
-        ids = [encode_prompt(tok, h)[-max_prompt_len:] for h in histories]
-        outs = rollout.generate(ids, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+        fitted = [fit_prompt(tok, h, max_prompt_len) for h in histories]
+        outs = rollout.generate([ids for ids, _ in fitted], n=1, temperature=0.0, max_new_tokens=max_new_tokens)
         answers = [tok.decode(o[0].token_ids) for o in outs]
         kept.append(sum(keeps(d.instruction_id, a) for d, a in zip(dialogs, answers)) / len(dialogs))
+        dropped.append(_mean([n for _, n in fitted]))
         for h, a in zip(histories, answers):
             h.append({"role": "assistant", "content": a})
-    return kept
+    return {"kept": kept, "dropped_exchanges": dropped, "dialogs": len(dialogs)}
 
 
 def rm_eval(rm_group, pairs) -> dict:

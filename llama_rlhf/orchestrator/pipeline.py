@@ -122,20 +122,52 @@ def _serve(ctx, S, path: str) -> None:
     S.sync_rollout(ctx)
 
 
-def _evaluate(ctx, name: str, stage: str) -> dict:
+def _evaluate(ctx, name: str, stage: str, temperature: float | None = None, gatt: bool = True) -> dict:
+    """Gold evaluation of the policy the engines serve (held-out prompts, intervals over prompts) and,
+    when `gatt`, Ghost Attention consistency over `data.world.gatt_eval_turns` turns."""
     from llama_rlhf.orchestrator import stages as S
     from llama_rlhf.orchestrator.evaluation import gatt_consistency, gold_eval
 
     cfg = ctx.cfg
     e = cfg.eval
+    temp = e.temperature if temperature is None else temperature
     r = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, e.max_new_tokens, ctx.max_prompt_len,
-                  e.temperature, e.samples, S.stage_seed(cfg.run.seed, "eval"))
-    r["gatt_kept"] = gatt_consistency(ctx.rollout, ctx.tok, ctx.data.gatt_eval, cfg.data.world.gatt_eval_turns,
-                                      e.max_new_tokens, ctx.max_prompt_len)
+                  temp, e.samples, S.stage_seed(cfg.run.seed, "eval"))
+    if gatt:
+        r["gatt"] = gatt_consistency(ctx.rollout, ctx.tok, ctx.data.gatt_eval, cfg.data.world.gatt_eval_turns,
+                                     e.max_new_tokens, ctx.max_prompt_len)
     ctx.log(stage, 0, {k: v for k, v in r.items() if isinstance(v, float)})
-    ctx.progress.note(f"{name}: gold helpfulness {r['gold_helpfulness']:.3f}, safety {r['gold_safety']:.3f}, "
-                      f"GAtt kept {['%.2f' % x for x in r['gatt_kept']]}")
+    ci = lambda k: f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]"
+    kept = r.get("gatt", {}).get("kept", [])
+    ctx.progress.note(f"{name} (T={temp}): gold helpfulness {ci('gold_helpfulness')}, safety {ci('gold_safety')}, "
+                      f"false refusals {ci('false_refusal')}"
+                      + (f"; GAtt kept at turn 1/{len(kept)}: {kept[0]:.2f}/{kept[-1]:.2f}" if kept else ""))
     return r
+
+
+def _load_rms(ctx, S, rm_paths: dict, tag: str) -> None:
+    for name in S.RM_NAMES:
+        ctx.rm[name].load(S.model_spec(ctx, "scalar", rm_paths[name], tag))
+
+
+def _baselines(ctx, S, sft_path: str, rm_paths: dict) -> dict:
+    """The controls every report carries: the SFT policy sampled at the rejection-sampling temperature
+    without any fine-tuning (when the evaluation uses another temperature), and RLHF-V1 with a random
+    pick of the same K samples instead of the reward model's (`random_pick_baseline`)."""
+    from llama_rlhf.orchestrator.rejection import random_pick_baseline, rs_temperature
+
+    cfg, out = ctx.cfg, {}
+    t_rs = rs_temperature(cfg, 1)
+    _serve(ctx, S, sft_path)
+    if t_rs != cfg.eval.temperature:
+        out["sft_at_rs_temperature"] = _evaluate(ctx, "SFT at the RS temperature", "baselines/sft_at_rs_t", t_rs,
+                                                 gatt=False)
+    if cfg.rejection_sampling.random_pick_baseline:
+        _load_rms(ctx, S, rm_paths, "baselines/rm_serve")
+        fit = random_pick_baseline(ctx, sft_path)
+        S.publish_policy(ctx, "baseline_random_pick")
+        out["random_pick"] = {"fit": fit, "eval": _evaluate(ctx, "random-pick V1", "baselines/random_pick")}
+    return out
 
 
 def _pipeline(ctx, S) -> None:
@@ -158,7 +190,13 @@ def _pipeline(ctx, S) -> None:
             run.mark_done(stage, S.train_reward_model(ctx, name, prefs, sft_path, stage))
         rm_paths[name] = str(run.ckpt(stage))
 
+    # controls: sampling temperature alone, and a random pick in place of the reward model's
+    if cfg.iterations.num_versions and not run.is_done("baselines"):
+        run.mark_done("baselines", _baselines(ctx, S, sft_path, rm_paths))
+
     # RLHF-V1 .. Vn
+    from llama_rlhf.orchestrator.rejection import rejection_sampling
+
     policy_path = sft_path
     archive = run.data("rs_archive.json")
     for v in range(1, cfg.iterations.num_versions + 1):
@@ -180,16 +218,17 @@ def _pipeline(ctx, S) -> None:
                     r = S.train_reward_model(ctx, name, new + replay, rm_paths[name], f"v{v}/rm_{name}",
                                              ckpt=f"rm_{name}_v{v}")
                     rm_paths[name] = r["checkpoint"]
-                    result[f"rm_{name}_accuracy"] = r["accuracy"]
+                    result[f"rm_{name}"] = {k: x for k, x in r.items() if k.startswith(("accuracy", "count/"))}
                 prefs += new
-        for name in S.RM_NAMES:
-            ctx.rm[name].load(S.model_spec(ctx, "scalar", rm_paths[name], f"v{v}/rm_serve"))
-        result.update(S.rejection_sampling(ctx, v, policy_path))
+        _load_rms(ctx, S, rm_paths, f"v{v}/rm_serve")
+        result.update(rejection_sampling(ctx, v, policy_path))
         if v > cfg.iterations.rs_only_until:
             from llama_rlhf.orchestrator.ppo_stage import ppo
 
             S.publish_policy(ctx, f"v{v}_rs")
-            result.update(ppo(ctx, v, str(run.ckpt(f"v{v}_rs")), sft_path, rm_paths["helpful"]))
+            rs_path = str(run.ckpt(f"v{v}_rs"))
+            ref_path = rs_path if cfg.ppo.reference == "init" else sft_path
+            result.update(ppo(ctx, v, rs_path, ref_path, rm_paths["helpful"]))
         else:
             S.publish_policy(ctx, stage)
         policy_path = str(run.ckpt(stage))
@@ -238,8 +277,10 @@ def evaluate_run(run_dir: str | Path) -> int:
     return 0
 
 
-def report(run_dir: str | Path) -> int:
-    from llama_rlhf.orchestrator.report import write_report
+def report(run_dir: str | Path, readme: str | Path | None = None) -> int:
+    from llama_rlhf.orchestrator.report import update_readme, write_report
 
     print(write_report(RunDir(run_dir)))
+    if readme:
+        print(update_readme(RunDir(run_dir), readme))
     return 0

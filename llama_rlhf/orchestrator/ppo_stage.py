@@ -6,6 +6,7 @@ Each iteration reads top to bottom: rollout -> score -> shape -> advantages -> u
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import torch
 
@@ -26,8 +27,20 @@ from llama_rlhf.orchestrator.stages import (
     sync_rollout,
 )
 
+RewardFn = Callable[[Context, list, list, list], tuple[torch.Tensor, dict]]
+"""(ctx, prompts, prompt ids, response ids) -> (the sequence-level score PPO maximises (N,), metrics)."""
 
-def ppo_iteration(ctx: Context, version: int, it: int) -> dict:
+
+def rm_reward(ctx: Context, prompts, prompt_ids, responses) -> tuple[torch.Tensor, dict]:
+    """The paper's reward: the safety-gated combination Rc of the two RMs, WHITEN(LOGIT(Rc))."""
+    p = ctx.cfg.ppo
+    is_safety = torch.tensor([q.is_safety for q in prompts])
+    rh, rs, rc = rm_score(ctx, prompt_ids, responses, is_safety)
+    scores = ppo_scores(rh, rs, is_safety, p.safety_threshold, whiten=p.whiten_rewards and len(prompts) > 1)
+    return scores, {"reward/rc": float(rc.mean()), "reward/rh": float(rh.mean()), "reward/rs": float(rs.mean())}
+
+
+def ppo_iteration(ctx: Context, version: int, it: int, reward_fn: RewardFn = rm_reward) -> dict:
     cfg, tok = ctx.cfg, ctx.tok
     p = cfg.ppo
     seed = stage_seed(cfg.run.seed, "ppo", version, it)
@@ -41,13 +54,11 @@ def ppo_iteration(ctx: Context, version: int, it: int) -> dict:
     mask = seq.response_mask.float()
 
     # 2. score: both reward models, the reference and the current policy, the critic (all at once)
-    is_safety = torch.tensor([q.is_safety for q in prompts])
-    (rh, rs, rc), logp, ref_logp, values = gather(
-        lambda: rm_score(ctx, prompt_ids, responses, is_safety), lambda: ctx.policy.logprobs(seq),
+    (scores, reward_metrics), logp, ref_logp, values = gather(
+        lambda: reward_fn(ctx, prompts, prompt_ids, responses), lambda: ctx.policy.logprobs(seq),
         lambda: ctx.reference.logprobs(seq), lambda: ctx.critic.values(seq))
 
     # 3. shape: R = WHITEN(LOGIT(Rc)) on the last token - beta * KL(pi || pi_0) on every token
-    scores = ppo_scores(rh, rs, is_safety, p.safety_threshold, whiten=p.whiten_rewards and len(prompts) > 1)
     rewards, kl = shaped_rewards(scores, logp, ref_logp, mask, p.kl_coef, p.kl_estimator)
 
     # 4. advantages (GAE), whitened over the batch's response tokens
@@ -66,8 +77,7 @@ def ppo_iteration(ctx: Context, version: int, it: int) -> dict:
     vllm_logp = [torch.tensor(o[0].logprobs) for o in outs]
     gap = max((float((a - logp[i, : len(a)]).abs().max()) for i, a in enumerate(vllm_logp) if len(a)), default=0.0)
     return {
-        "reward/rc": float(rc.mean()), "reward/rh": float(rh.mean()), "reward/rs": float(rs.mean()),
-        "kl": float(masked_mean(kl, mask)), "response_len": float(mask.sum(1).mean()),
+        **reward_metrics, "kl": float(masked_mean(kl, mask)), "response_len": float(mask.sum(1).mean()),
         "rollout/logprob_gap": gap, **pm, **{f"critic/{k}": v for k, v in cm.items()},
         "sync/mb_per_s": sync.get("mb_per_s", 0.0),
     }
@@ -82,9 +92,11 @@ def heldout_reward(ctx: Context) -> float:
     return float(rc.mean())
 
 
-def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_init_path: str) -> dict:
-    """PPO from the RS checkpoint of this version; pi_0 (the KL anchor) is the SFT policy, the critic
-    starts from the helpfulness RM. Early stopping on the held-out reward when configured."""
+def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_init_path: str,
+        reward_fn: RewardFn = rm_reward) -> dict:
+    """PPO from the RS checkpoint of this version; pi_0 (the KL anchor) is loaded from `reference_path`
+    (`ppo.reference`), the critic starts from the helpfulness RM. Early stopping on the held-out reward
+    when configured."""
     cfg = ctx.cfg
     p = cfg.ppo
     stage = f"v{version}/ppo"
@@ -104,7 +116,7 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
         if ctx.progress:
             ctx.progress.note(f"{stage}: resumed from the state saved after iteration {start}")
     for it in range(start, p.iterations):
-        m = ppo_iteration(ctx, version, it)
+        m = ppo_iteration(ctx, version, it, reward_fn)
         if p.early_stop_patience and (it + 1) % p.eval_every == 0:
             m["heldout_reward"] = heldout_reward(ctx)
             if m["heldout_reward"] > best:
@@ -123,6 +135,9 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
     publish_policy(ctx, f"v{version}")
     ppo_state.discard(ctx, version)
     first, last = history[0], history[-1]
+    q = max(1, len(history) // 4)
+    rc = [h["reward/rc"] for h in history]
     return {"iterations": len(history), "rc_first": first["reward/rc"], "rc_last": last["reward/rc"],
+            "rc_first_quarter": sum(rc[:q]) / q, "rc_last_quarter": sum(rc[-q:]) / q,
             "kl_last": last["kl"], "logprob_gap_max": max(h["rollout/logprob_gap"] for h in history),
             "ppo_resumed_from": start}

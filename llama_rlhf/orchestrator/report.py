@@ -14,6 +14,15 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+GATT_TURNS = (1, 2, 3, 5, 10, 15, 20)
+"""The turns the GAtt table shows (the paper evaluates consistency up to 20 turns)."""
+
+
+def _ci(r: dict, key: str) -> str:
+    lo, hi = r.get(f"{key}_ci", [None, None])
+    return f"{_fmt(r.get(key))} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
 def versions(run: RunDir) -> list[tuple[str, dict, bool]]:
     """(name, eval result, trained with GAtt data) for SFT and every completed RLHF version."""
     from llama_rlhf.config import load_config
@@ -26,56 +35,153 @@ def versions(run: RunDir) -> list[tuple[str, dict, bool]]:
     v = 1
     while f"v{v}" in st["done"]:
         gatt = cfg.gatt.enabled and v >= cfg.gatt.from_version
-        out.append((f"RLHF-V{v}" + (" (PPO)" if v > cfg.iterations.rs_only_until else ""),
-                    st["results"][f"v{v}"]["eval"], gatt))
+        kind = " (RS + PPO)" if v > cfg.iterations.rs_only_until else " (RS)"
+        out.append((f"RLHF-V{v}{kind}", st["results"][f"v{v}"]["eval"], gatt))
         v += 1
     return out
 
 
+def baselines(run: RunDir) -> list[tuple[str, dict]]:
+    """(name, eval result) of the controls: SFT at the RS temperature, V1 with a random pick."""
+    b = run.state()["results"].get("baselines", {})
+    out = []
+    if "sft_at_rs_temperature" in b:
+        out.append(("baseline: SFT at the RS temperature", b["sft_at_rs_temperature"]))
+    if "random_pick" in b:
+        out.append(("baseline: V1 with a random pick (no RM)", b["random_pick"]["eval"]))
+    return out
+
+
+def _paired(r: dict, ref: dict, metric: str = "helpfulness") -> tuple[float, float, float] | None:
+    """Paired difference of per-prompt scores (r - ref) over the prompts both evaluated."""
+    from llama_rlhf.algorithms.bootstrap import paired_diff_ci
+
+    a, b = r.get("per_prompt", {}).get(metric, {}), ref.get("per_prompt", {}).get(metric, {})
+    ids = [i for i in a if i in b]
+    return paired_diff_ci([a[i] for i in ids], [b[i] for i in ids]) if ids else None
+
+
+def _delta(d) -> str:
+    return "–" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+
+
 def summary_table(run: RunDir) -> str:
-    rows = ["| version | gold helpfulness (helpful prompts) | gold safety (unsafe prompts) | "
-            "helpfulness (all) | safety (all) | mean answer tokens |", "|---|---|---|---|---|---|"]
-    for name, r, _ in versions(run):
-        rows.append(f"| {name} | {_fmt(r['gold_helpfulness'])} | {_fmt(r['gold_safety'])} | "
-                    f"{_fmt(r['gold_helpfulness_all'])} | {_fmt(r['gold_safety_all'])} | "
-                    f"{_fmt(r['mean_response_tokens'], 1)} |")
+    """Every version and control: gold scores with 95% intervals over prompts, and the paired change in
+    helpfulness against SFT (same prompts, same seeds)."""
+    rows = ["| policy | T | gold helpfulness | Δ helpfulness vs SFT | gold safety (unsafe prompts) | "
+            "false refusals (benign prompts) | answer tokens |", "|---|---|---|---|---|---|---|"]
+    vs = versions(run)
+    sft = vs[0][1] if vs else {}
+    for name, r in [(n, r) for n, r, _ in vs[:1]] + baselines(run) + [(n, r) for n, r, _ in vs[1:]]:
+        rows.append(f"| {name} | {_fmt(r.get('temperature'), 1)} | {_ci(r, 'gold_helpfulness')} | "
+                    f"{_delta(_paired(r, sft)) if r is not sft else '–'} | {_ci(r, 'gold_safety')} | "
+                    f"{_ci(r, 'false_refusal')} | {_fmt(r.get('mean_response_tokens'), 1)} |")
     return "\n".join(rows)
 
 
 def kind_table(run: RunDir) -> str:
     """Gold score per prompt kind and version: helpfulness for tasks and GAtt, safety for unsafe."""
-    vs = versions(run)
-    kinds = sorted({k.split("/", 1)[1] for _, r, _ in vs for k in r if k.startswith("gold_by_kind/")})
+    vs = [(n, r) for n, r, _ in versions(run)] + baselines(run)
+    kinds = sorted({k.split("/", 1)[1] for _, r in vs for k in r if k.startswith("gold_by_kind/")})
     if not kinds:
         return "(no per-kind scores in this run)"
-    rows = ["| version | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
-    for name, r, _ in vs:
+    rows = ["| policy | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name, r in vs:
         rows.append(f"| {name} | " + " | ".join(_fmt(r.get(f"gold_by_kind/{k}")) for k in kinds) + " |")
     return "\n".join(rows)
 
 
 def rm_table(run: RunDir) -> str:
+    """Held-out accuracy by rating level of every reward model the run trained (initial, then retrained
+    on each version's new preferences)."""
     st = run.state()["results"]
-    head = "| reward model | accuracy | " + " | ".join(RATINGS) + " |"
-    rows = [head, "|" + "---|" * (len(RATINGS) + 2)]
-    for stage in sorted(k for k in st if k.startswith("rm_") or "/rm_" in k):
-        r = st[stage]
+    models = [(k, st[k]) for k in ("rm_helpful", "rm_safety") if k in st]
+    v = 2
+    while f"v{v}" in st:
+        models += [(f"v{v}/{k}", st[f"v{v}"][k]) for k in ("rm_helpful", "rm_safety") if k in st[f"v{v}"]]
+        v += 1
+    rows = ["| reward model | accuracy | " + " | ".join(RATINGS) + " |", "|" + "---|" * (len(RATINGS) + 2)]
+    for name, r in models:
         cells = [f"{_fmt(r.get(f'accuracy/{x}'))} (n={r.get(f'count/{x}', 0)})" for x in RATINGS]
-        rows.append(f"| {stage} | {_fmt(r.get('accuracy'))} | " + " | ".join(cells) + " |")
+        rows.append(f"| {name} | {_fmt(r.get('accuracy'))} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
 def gatt_table(run: RunDir) -> str:
-    vs = versions(run)
-    turns = max((len(r.get("gatt_kept", [])) for _, r, _ in vs), default=0)
-    if not turns:
+    vs = [(n, r, g) for n, r, g in versions(run)] + [(n, r, False) for n, r in baselines(run) if "gatt" in r]
+    n_turns = max((len(r.get("gatt", {}).get("kept", [])) for _, r, _ in vs), default=0)
+    if not n_turns:
         return "(no GAtt evaluation dialogs)"
-    rows = ["| version | GAtt data | " + " | ".join(f"turn {t + 1}" for t in range(turns)) + " |",
-            "|---|---|" + "---|" * turns]
+    turns = [t for t in GATT_TURNS if t <= n_turns]
+    rows = ["| policy | GAtt data | " + " | ".join(f"turn {t}" for t in turns) + " |",
+            "|---|---|" + "---|" * len(turns)]
     for name, r, gatt in vs:
-        kept = r.get("gatt_kept", [])
-        rows.append(f"| {name} | {'yes' if gatt else 'no'} | " + " | ".join(_fmt(k, 2) for k in kept) + " |")
+        kept = r.get("gatt", {}).get("kept", [])
+        rows.append(f"| {name} | {'yes' if gatt else 'no'} | "
+                    + " | ".join(_fmt(kept[t - 1], 2) if t <= len(kept) else "–" for t in turns) + " |")
+    g = next((r["gatt"] for _, r, _ in vs if r.get("gatt", {}).get("kept")), {})
+    dropped = g.get("dropped_exchanges", [])
+    note = (f"\n\n{g.get('dialogs')} held-out dialogs, greedy; the system instruction is given once. When the "
+            f"history outgrows the prompt budget the oldest exchanges are dropped (the system message always "
+            f"stays): {_fmt(dropped[-1], 1)} exchanges dropped on average at turn {len(dropped)}." if dropped else "")
+    return "\n".join(rows) + note
+
+
+def rs_table(run: RunDir) -> str:
+    """Per version: the RS temperature, mean Rc of all samples vs the picked ones, the archive."""
+    st = run.state()["results"]
+    rows = ["| version | T | Rc of all samples | Rc of the picks | archive re-scored | fine-tuning samples | "
+            "GAtt dialogs | context distillation kept |", "|---|---|---|---|---|---|---|---|"]
+    v = 1
+    while f"v{v}" in st:
+        r = st[f"v{v}"]
+        rows.append(f"| RLHF-V{v} | {_fmt(r.get('rs_temperature'), 1)} | {_fmt(r.get('rs_reward_mean'))} | "
+                    f"{_fmt(r.get('rs_best_mean'))} | {r.get('archive_rescored', 0)} | {r.get('train_samples')} | "
+                    f"{r.get('gatt_dialogs', 0)} | {r.get('context_distill_kept', 0)}/"
+                    f"{r.get('context_distill_candidates', 0)} |")
+        v += 1
+    b = st.get("baselines", {}).get("random_pick")
+    if b:
+        f = b["fit"]
+        rows.append(f"| random pick (V1 control) | {_fmt(f.get('rs_temperature'), 1)} | "
+                    f"{_fmt(f.get('rs_reward_mean'))} | {_fmt(f.get('picked_rc_mean'))} | – | "
+                    f"{f.get('train_samples')} | 0 | – |")
     return "\n".join(rows)
+
+
+def ppo_table(run: RunDir) -> str:
+    st = run.state()["results"]
+    rows = ["| version | iterations | Rc first quarter | Rc last quarter | KL last | resumed from |",
+            "|---|---|---|---|---|---|"]
+    for k in sorted(x for x in st if x.startswith("v") and "/" not in x and "rc_first_quarter" in st[x]):
+        r = st[k]
+        rows.append(f"| RLHF-{k.upper()} | {r['iterations']} | {_fmt(r['rc_first_quarter'])} | "
+                    f"{_fmt(r['rc_last_quarter'])} | {_fmt(r.get('kl_last'))} | {r.get('ppo_resumed_from', 0)} |")
+    return "\n".join(rows) if len(rows) > 2 else "(no PPO in this run)"
+
+
+def headline(run: RunDir) -> str:
+    vs = versions(run)
+    if len(vs) < 2:
+        return ""
+    (name, last, _), sft = vs[-1], vs[0][1]
+    out = [f"Final version {name} vs SFT on the same held-out prompts: gold helpfulness "
+           f"{_fmt(last['gold_helpfulness'])} vs {_fmt(sft['gold_helpfulness'])}, paired Δ "
+           f"{_delta(_paired(last, sft))}; gold safety {_fmt(last['gold_safety'])} vs {_fmt(sft['gold_safety'])}; "
+           f"false refusals {_fmt(last['false_refusal'])} vs {_fmt(sft['false_refusal'])}."]
+    for bname, b in baselines(run):
+        out.append(f"Against {bname}: helpfulness {_ci(last, 'gold_helpfulness')} vs {_ci(b, 'gold_helpfulness')}, "
+                   f"paired Δ {_delta(_paired(last, b))}.")
+    return " ".join(out)
+
+
+def body(run: RunDir) -> list[str]:
+    """The report's tables (also what the README's demo section is regenerated from)."""
+    return [headline(run), "", "### Gold judge on held-out prompts (95% bootstrap intervals over prompts)", "",
+            summary_table(run), "", "By prompt kind (unsafe: gold safety; the others: gold helpfulness):", "",
+            kind_table(run), "", "### Reward models: held-out accuracy by rating level", "", rm_table(run), "",
+            "### Ghost Attention: instruction kept at turn t", "", gatt_table(run), "",
+            "### Rejection sampling", "", rs_table(run), "", "### PPO (mean Rc of the batch)", "", ppo_table(run), ""]
 
 
 def write_plots(run: RunDir) -> list[str]:
@@ -90,6 +196,7 @@ def write_plots(run: RunDir) -> list[str]:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         names = [n.split(" ")[0] for n, _, _ in vs]
         ax.plot(names, [r["gold_helpfulness"] for _, r, _ in vs], "o-", label="gold helpfulness")
+        ax.plot(names, [r.get("false_refusal", float("nan")) for _, r, _ in vs], "^-", label="false refusals")
         ax.plot(names, [r["gold_safety"] for _, r, _ in vs], "s-", label="gold safety")
         ax.set_ylim(0, 1.05)
         ax.set_title("Held-out gold scores per version")
@@ -130,33 +237,44 @@ def _save(fig, run: RunDir, name: str) -> str:
 def write_report(run: RunDir) -> str:
     st = run.state()["results"]
     plots = write_plots(run)
-    vs = versions(run)
-    lines = [f"# Run report: {run.root.name}", ""]
-    if len(vs) > 1:
-        sft, last = vs[0][1], vs[-1][1]
-        lines += [f"Final version {vs[-1][0]} vs SFT on held-out prompts: gold helpfulness "
-                  f"{_fmt(last['gold_helpfulness'])} vs {_fmt(sft['gold_helpfulness'])} "
-                  f"({last['gold_helpfulness'] - sft['gold_helpfulness']:+.3f}), gold safety "
-                  f"{_fmt(last['gold_safety'])} vs {_fmt(sft['gold_safety'])} "
-                  f"({last['gold_safety'] - sft['gold_safety']:+.3f}).", ""]
-    lines += ["## Gold judge on held-out prompts", "", summary_table(run), "",
-              "By prompt kind (unsafe: gold safety; the others: gold helpfulness):", "", kind_table(run), "",
-              "## Reward models: held-out accuracy by rating level", "", rm_table(run), "",
-              "## Ghost Attention: instruction kept at turn t (system instruction given once)", "",
-              gatt_table(run), ""]
+    lines = [f"# Run report: {run.root.name}", ""] + body(run)
     if "sft" in st:
         s = st["sft"]
-        lines += ["## SFT", "", f"{s.get('samples')} samples packed into {s.get('rows')} rows "
+        lines += ["### SFT", "", f"{s.get('samples')} samples packed into {s.get('rows')} rows "
                   f"(pad fraction {_fmt(s.get('pad_fraction'))}); loss {_fmt(s.get('first_loss'))} -> "
                   f"{_fmt(s.get('last_loss'))} over {s.get('steps')} steps.", ""]
-    for k in sorted(x for x in st if x.startswith("v") and "/" not in x):
-        r = st[k]
-        keep = {x: r[x] for x in r if isinstance(r[x], int | float)}
-        body = ", ".join(f"{x} {_fmt(y) if isinstance(y, float) else y}" for x, y in keep.items())
-        lines += [f"### {k}", "", body, ""]
     if "wall_seconds" in st:
-        lines += [f"Wall time: {st['wall_seconds']['seconds']:.0f} s.", ""]
+        lines += [f"Wall time: {st['wall_seconds']['seconds']:.0f} s{_machine()}.", ""]
     lines += [f"![{p}]({p})" for p in plots]
     path = run.root / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f" on {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()})"
+
+
+README_BEGIN, README_END = "<!-- demo-report:begin -->", "<!-- demo-report:end -->"
+
+
+def update_readme(run: RunDir, readme) -> str:
+    """Replace the README's demo section (between the markers) with this run's tables."""
+    from pathlib import Path
+
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{path}: no {README_BEGIN} ... {README_END} section to regenerate")
+    st = run.state()["results"]
+    wall = st.get("wall_seconds", {}).get("seconds")
+    made = (f"Generated by `llama-rlhf report {run.root} --readme {path.name}` from the run's report"
+            + (f"; the run took {wall:.0f} s{_machine()}." if wall else "."))
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    path.write_text(head + README_BEGIN + "\n" + made + "\n\n" + "\n".join(body(run)) + "\n" + README_END + tail,
+                    encoding="utf-8")
     return str(path)

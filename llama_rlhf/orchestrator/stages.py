@@ -19,7 +19,7 @@ import torch
 
 from llama_rlhf.actors.batches import sequence_batch
 from llama_rlhf.actors.engine import ModelSpec, OptimSpec
-from llama_rlhf.algorithms.rejection import RejectionArchive, best_of_k
+from llama_rlhf.algorithms.rejection import RejectionArchive
 from llama_rlhf.algorithms.shaping import combine_rewards
 from llama_rlhf.config import Config
 from llama_rlhf.data.loaders import write_jsonl
@@ -110,11 +110,12 @@ def _num_micro(rows: int, n_ranks: int, micro: int) -> int:
 
 
 def fit_packed(ctx: Context, stage: str, records: list[SFTRecord], lr: float, epochs: int, rows_per_step: int,
-               init_path, warmup_steps: int = 0) -> dict:
-    """Answer-only fine-tuning of the policy on packed dialogs: SFT, and rejection-sampling fine-tuning."""
+               init_path, warmup_steps: int = 0, seq_len: int | None = None) -> dict:
+    """Answer-only fine-tuning of the policy on packed dialogs: SFT, and rejection-sampling fine-tuning
+    (rows of `seq_len` tokens, default `sft.seq_len`)."""
     s, n = ctx.cfg.sft, ctx.policy.n
     seed = stage_seed(ctx.cfg.run.seed, stage)
-    plan = [packed_batches(ctx.tok, records, s.seq_len, rows_per_step, seed + e) for e in range(epochs)]
+    plan = [packed_batches(ctx.tok, records, seq_len or s.seq_len, rows_per_step, seed + e) for e in range(epochs)]
     stats = plan[0][1]
     steps = [b for batches, _ in plan for b in batches if b.rows() >= n]
     ctx.policy.load(model_spec(ctx, "causal", init_path, stage), optim_spec(ctx.cfg, lr, len(steps), warmup_steps))
@@ -250,115 +251,3 @@ def collected_preferences(run: RunDir, version: int) -> list[Preference]:
     if not path.exists():
         return []
     return [Preference.from_dict(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-# --------------------------------------------------------------------------- rejection sampling
-
-
-def best_of_k_samples(ctx: Context, prompts, k: int, temperature: float, seed: int):
-    """K samples per prompt from the current policy, scored by Rc; the best (text, reward) of each."""
-    rs = ctx.cfg.rejection_sampling
-    ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
-    outs = ctx.rollout.generate(ids, k, temperature, rs.top_p, rs.max_new_tokens, seed)
-    flat_p = [ids[i] for i in range(len(ids)) for _ in range(k)]
-    flat_r = [s.token_ids for o in outs for s in o]
-    is_safety = torch.tensor([p.is_safety for p in prompts for _ in range(k)])
-    _, _, rc = rm_score(ctx, flat_p, flat_r, is_safety)
-    rewards = rc.view(len(prompts), k)
-    idx, best = best_of_k(rewards)
-    texts = [ctx.tok.decode(outs[i][int(j)].token_ids) for i, j in enumerate(idx)]
-    return texts, best, rewards
-
-
-def _user(dialog, turn: int) -> dict:
-    return {"role": "user", "content": dialog.user_turns[turn]}
-
-
-def gatt_records(ctx: Context, version: int) -> list[SFTRecord]:
-    """Ghost Attention data: answers sampled turn by turn with the instruction on every user turn (best
-    of K by Rc), trained with the instruction in the first turn only and loss on the last turn only."""
-    from llama_rlhf.data.gatt import sampling_prompt, training_messages
-    from llama_rlhf.data.records import Prompt
-
-    dialogs = ctx.data.gatt_dialogs
-    if not dialogs:
-        return []
-    seed = stage_seed(ctx.cfg.run.seed, "gatt", version)
-    histories: list[list[dict]] = [[] for _ in dialogs]
-    max_turns = max(len(d.user_turns) for d in dialogs)
-    for t in range(max_turns):
-        live = [i for i, d in enumerate(dialogs) if t < len(d.user_turns)]
-        msgs = [Prompt(f"{dialogs[i].id}-t{t}",
-                       sampling_prompt(dialogs[i].system, histories[i] + [_user(dialogs[i], t)])) for i in live]
-        texts, _, _ = best_of_k_samples(ctx, msgs, ctx.cfg.gatt.samples_per_turn,
-                                        _rs_temperature(ctx.cfg, version), seed + t)
-        for i, text in zip(live, texts):
-            histories[i] += [_user(dialogs[i], t), {"role": "assistant", "content": text}]
-    out = []
-    for d, h in zip(dialogs, histories):
-        msgs = training_messages(d.system, h)
-        out.append(SFTRecord(msgs, train_turns=[len(d.user_turns) - 1]))
-    return out
-
-
-def context_distillation(ctx: Context, version: int) -> tuple[list[SFTRecord], int]:
-    """Targeted safety context distillation: for each safety prompt, one answer with the safety
-    preprompt and one without (same seed); keep the preprompted answer, trained WITHOUT the preprompt,
-    only where the safety RM scores it higher on the bare prompt. Returns (records, candidates)."""
-    from llama_rlhf.algorithms.context_distill import (
-        build_preprompted,
-        distillation_sample,
-        select_distillation,
-    )
-    from llama_rlhf.data.records import Prompt
-
-    prompts = [p for p in ctx.data.rlhf_prompts if p.is_safety]
-    if not prompts:
-        return [], 0
-    rs = ctx.cfg.rejection_sampling
-    seed = stage_seed(ctx.cfg.run.seed, "context-distill", version)
-    temp = _rs_temperature(ctx.cfg, version)
-    bare = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
-    pre = [Prompt(p.id, build_preprompted(p.messages, ctx.cfg.safety.preprompt)) for p in prompts]
-    with_pp = ctx.rollout.generate(prompt_token_ids(ctx.tok, pre, ctx.max_prompt_len), 1, temp, rs.top_p,
-                                   rs.max_new_tokens, seed)
-    without = ctx.rollout.generate(bare, 1, temp, rs.top_p, rs.max_new_tokens, seed)
-    seq_w = sequence_batch(bare, [o[0].token_ids for o in with_pp], ctx.tok.pad_id)
-    seq_wo = sequence_batch(bare, [o[0].token_ids for o in without], ctx.tok.pad_id)
-    answers = [ctx.tok.decode(o[0].token_ids) for o in with_pp]
-    kept, _ = select_distillation(list(zip(prompts, answers)), ctx.rm["safety"].score(seq_w),
-                                  ctx.rm["safety"].score(seq_wo))
-    return [SFTRecord(distillation_sample(p.messages, a)) for p, a in kept], len(prompts)
-
-
-def _rs_temperature(cfg: Config, version: int) -> float:
-    temps = cfg.rejection_sampling.temperatures
-    return temps[min(version - 1, len(temps) - 1)]
-
-
-def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
-    """RLHF-V`version` rejection sampling: best of K per prompt by Rc, archived; fine-tune the policy on
-    this iteration's best plus the best of all prior iterations (+ GAtt dialogs from `gatt.from_version`)."""
-    rs = ctx.cfg.rejection_sampling
-    prompts = ctx.data.rlhf_prompts
-    seed = stage_seed(ctx.cfg.run.seed, "rs", version)
-    texts, best, rewards = best_of_k_samples(ctx, prompts, rs.num_samples, _rs_temperature(ctx.cfg, version), seed)
-    for p, text, r in zip(prompts, texts, best.tolist()):
-        ctx.archive.add(version, p.id, p.messages, text, r)
-    ctx.archive.save(ctx.run.data("rs_archive.json"))
-    chosen = ctx.archive.training_set(version, rs.prior_top_fraction)
-    records = [SFTRecord(list(s.prompt) + [{"role": "assistant", "content": s.response}]) for s in chosen]
-    n_gatt = n_cd = n_cd_kept = 0
-    if ctx.cfg.safety.context_distillation:
-        cd, n_cd = context_distillation(ctx, version)
-        n_cd_kept = len(cd)
-        records += cd
-    if ctx.cfg.gatt.enabled and version >= ctx.cfg.gatt.from_version:
-        g = gatt_records(ctx, version)
-        n_gatt = len(g)
-        records += g
-    fit = fit_packed(ctx, f"v{version}/rs", records, rs.lr, rs.epochs, rs.batch_size, init_path)
-    return {"rs_reward_mean": float(rewards.mean()), "rs_best_mean": float(best.mean()),
-            "rs_gain": float(best.mean() - rewards.mean()), "train_samples": len(records), "gatt_samples": n_gatt,
-            "context_distill_kept": n_cd_kept, "context_distill_candidates": n_cd,
-            **{f"fit_{k}": v for k, v in fit.items()}}

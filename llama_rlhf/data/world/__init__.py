@@ -16,7 +16,7 @@ from .candidates import (
     sft_demo,
 )
 from .gatt import GattDialog, check_dialog, instruction_ids, instruction_text, keeps
-from .judge import correctness, is_safe, judge
+from .judge import correctness, is_refusal, is_safe, judge
 from .records import ALL_KINDS, HELPFUL_KINDS, RATINGS, SAFETY_LABELS, Preference, Prompt, Scores, SFTRecord
 from .safety import CATEGORIES, VECTORS
 from .world import World, WorldConfig, build_world
@@ -25,6 +25,6 @@ __all__ = [
     "ALL_KINDS", "CATEGORIES", "HELPFUL_KINDS", "QUALITIES", "RATINGS", "SAFETY_LABELS", "VECTORS",
     "Candidate", "GattDialog", "Preference", "Prompt", "SFTRecord", "Scores", "World", "WorldConfig",
     "annotate", "build_world", "candidates", "check_dialog", "correctness", "flip_probability",
-    "instruction_ids", "instruction_text", "is_safe", "judge", "keeps", "preference_for",
+    "instruction_ids", "instruction_text", "is_refusal", "is_safe", "judge", "keeps", "preference_for",
     "rating_for_gap", "response_of_quality", "reward_model_mix", "safety_label", "sft_demo",
 ]

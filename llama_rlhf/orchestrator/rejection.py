@@ -1,0 +1,184 @@
+"""Rejection sampling (paper section 3.2.3) as run by the orchestrator: best of K by the reward models,
+the archive of every version's best (re-scored by the current reward models, so rewards from different
+RM versions are never compared), Ghost Attention dialogs, targeted safety context distillation, and the
+random-pick baseline that separates what the reward model adds from what sampling alone does.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from llama_rlhf.actors.batches import sequence_batch
+from llama_rlhf.algorithms.rejection import best_of_k
+from llama_rlhf.config import Config
+from llama_rlhf.data.loaders import write_jsonl
+from llama_rlhf.data.records import Prompt, SFTRecord
+from llama_rlhf.orchestrator.datasets import prompt_token_ids
+from llama_rlhf.orchestrator.stages import Context, fit_packed, rm_score, stage_seed
+
+PICKS = ("rm", "random")
+
+
+def rs_temperature(cfg: Config, version: int) -> float:
+    temps = cfg.rejection_sampling.temperatures
+    return temps[min(version - 1, len(temps) - 1)]
+
+
+def score_responses(ctx: Context, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+    """Rc of each (prompt, response text) under the reward models loaded now."""
+    ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
+    resp = [ctx.tok.encode(r.strip()) + [ctx.tok.eos_id] for r in responses]
+    _, _, rc = rm_score(ctx, ids, resp, torch.tensor([p.is_safety for p in prompts]))
+    return rc
+
+
+def best_of_k_samples(ctx: Context, prompts: list[Prompt], k: int, temperature: float, seed: int,
+                      pick: str = "rm"):
+    """K samples per prompt from the current policy, scored by Rc. Returns (texts picked, their Rc,
+    Rc of all samples (N, K), all texts). `pick="random"` takes a uniformly random sample instead of
+    the best (the baseline); the Rc are still computed so both picks are reported the same way."""
+    if pick not in PICKS:
+        raise ValueError(f"pick: must be one of {PICKS}, got {pick!r}")
+    rs = ctx.cfg.rejection_sampling
+    ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
+    outs = ctx.rollout.generate(ids, k, temperature, rs.top_p, rs.max_new_tokens, seed)
+    flat_p = [ids[i] for i in range(len(ids)) for _ in range(k)]
+    flat_r = [s.token_ids for o in outs for s in o]
+    is_safety = torch.tensor([p.is_safety for p in prompts for _ in range(k)])
+    _, _, rc = rm_score(ctx, flat_p, flat_r, is_safety)
+    rewards = rc.view(len(prompts), k)
+    if pick == "rm":
+        idx, best = best_of_k(rewards)
+    else:
+        rng = random.Random(seed)
+        idx = torch.tensor([rng.randrange(k) for _ in prompts])
+        best = rewards.gather(1, idx[:, None])[:, 0]
+    texts = [[ctx.tok.decode(s.token_ids) for s in o] for o in outs]
+    return [t[int(j)] for t, j in zip(texts, idx)], best, rewards, texts
+
+
+def gatt_records(ctx: Context, version: int) -> tuple[list[SFTRecord], dict]:
+    """Ghost Attention data (paper 3.3): each turn sampled with the instruction concatenated to every
+    user message (best of `gatt.samples_per_turn` by Rc), then trained in the evaluation's form: the
+    instruction as the system message, once, and the loss on the last assistant turn only."""
+    from llama_rlhf.data.gatt import sampling_prompt, training_messages
+
+    dialogs = ctx.data.gatt_dialogs
+    if not dialogs:
+        return [], {}
+    seed = stage_seed(ctx.cfg.run.seed, "gatt", version)
+    histories: list[list[dict]] = [[] for _ in dialogs]
+    for t in range(max(len(d.user_turns) for d in dialogs)):
+        live = [i for i, d in enumerate(dialogs) if t < len(d.user_turns)]
+        user = {i: {"role": "user", "content": dialogs[i].user_turns[t]} for i in live}
+        msgs = [Prompt(f"{dialogs[i].id}-t{t}", sampling_prompt(dialogs[i].system, histories[i] + [user[i]]))
+                for i in live]
+        texts, _, _, _ = best_of_k_samples(ctx, msgs, ctx.cfg.gatt.samples_per_turn,
+                                           rs_temperature(ctx.cfg, version), seed + t)
+        for i, text in zip(live, texts):
+            histories[i] += [user[i], {"role": "assistant", "content": text}]
+    out = [SFTRecord(training_messages(d.system, h, as_system=True), train_turns=[len(d.user_turns) - 1])
+           for d, h in zip(dialogs, histories)]
+    turns = [len(d.user_turns) for d in dialogs]
+    return out, {"gatt_dialogs": len(out), "gatt_turns_mean": sum(turns) / len(turns)}
+
+
+def context_distillation(ctx: Context, version: int) -> tuple[list[SFTRecord], int]:
+    """Targeted safety context distillation: for each safety prompt, one answer with the safety
+    preprompt and one without (same seed); keep the preprompted answer, trained WITHOUT the preprompt,
+    only where the safety RM scores it higher on the bare prompt. Returns (records, candidates)."""
+    from llama_rlhf.algorithms.context_distill import (
+        build_preprompted,
+        distillation_sample,
+        select_distillation,
+    )
+
+    prompts = [p for p in ctx.data.rlhf_prompts if p.is_safety]
+    if not prompts:
+        return [], 0
+    rs = ctx.cfg.rejection_sampling
+    seed = stage_seed(ctx.cfg.run.seed, "context-distill", version)
+    temp = rs_temperature(ctx.cfg, version)
+    bare = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
+    pre = [Prompt(p.id, build_preprompted(p.messages, ctx.cfg.safety.preprompt)) for p in prompts]
+    with_pp = ctx.rollout.generate(prompt_token_ids(ctx.tok, pre, ctx.max_prompt_len), 1, temp, rs.top_p,
+                                   rs.max_new_tokens, seed)
+    without = ctx.rollout.generate(bare, 1, temp, rs.top_p, rs.max_new_tokens, seed)
+    seq_w = sequence_batch(bare, [o[0].token_ids for o in with_pp], ctx.tok.pad_id)
+    seq_wo = sequence_batch(bare, [o[0].token_ids for o in without], ctx.tok.pad_id)
+    answers = [ctx.tok.decode(o[0].token_ids) for o in with_pp]
+    kept, _ = select_distillation(list(zip(prompts, answers)), ctx.rm["safety"].score(seq_w),
+                                  ctx.rm["safety"].score(seq_wo))
+    return [SFTRecord(distillation_sample(p.messages, a)) for p, a in kept], len(prompts)
+
+
+def rescore_archive(ctx: Context, version: int) -> int:
+    """Re-score every archived sample of earlier versions with the reward models of this version, so
+    the archive's comparisons (this version's best vs the best of all prior ones) use one RM. Returns
+    the number of samples re-scored."""
+    old = [s for s in ctx.archive.samples() if s.iteration < version]
+    if not old:
+        return 0
+    by_id = {q.id: q for q in ctx.data.rlhf_prompts}  # the safety flag gates Rc
+    prompts = [Prompt(s.prompt_id, [dict(m) for m in s.prompt],
+                      by_id[s.prompt_id].is_safety if s.prompt_id in by_id else False) for s in old]
+    rc = score_responses(ctx, prompts, [s.response for s in old])
+    ctx.archive.rescore([(s.iteration, s.prompt_id, float(r)) for s, r in zip(old, rc.tolist())])
+    return len(old)
+
+
+def _record(prompt_messages, response: str) -> SFTRecord:
+    return SFTRecord(list(prompt_messages) + [{"role": "assistant", "content": response}])
+
+
+def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
+    """RLHF-V`version` rejection sampling: best of K per prompt by Rc, archived; fine-tune the policy on
+    this iteration's best plus the best of all prior iterations (+ context distillation, + GAtt dialogs
+    from `gatt.from_version`)."""
+    rs = ctx.cfg.rejection_sampling
+    prompts = ctx.data.rlhf_prompts
+    seed = stage_seed(ctx.cfg.run.seed, "rs", version)
+    temp = rs_temperature(ctx.cfg, version)
+    rescored = rescore_archive(ctx, version)
+    texts, best, rewards, all_texts = best_of_k_samples(ctx, prompts, rs.num_samples, temp, seed)
+    for p, text, r in zip(prompts, texts, best.tolist()):
+        ctx.archive.add(version, p.id, p.messages, text, r)
+    ctx.archive.save(ctx.run.data("rs_archive.json"))
+    write_jsonl(ctx.run.data(f"rs_samples_v{version}.jsonl"),
+                [{"id": p.id, "samples": t, "rc": r} for p, t, r in zip(prompts, all_texts, rewards.tolist())])
+    chosen = ctx.archive.training_set(version, rs.prior_top_fraction)
+    records = [_record(s.prompt, s.response) for s in chosen]
+    out = {"rs_temperature": temp, "rs_reward_mean": float(rewards.mean()), "rs_best_mean": float(best.mean()),
+           "rs_gain": float(best.mean() - rewards.mean()), "archive_rescored": rescored,
+           "archive_from_prior": len(chosen) - len(prompts)}
+    if ctx.cfg.safety.context_distillation:
+        cd, out["context_distill_candidates"] = context_distillation(ctx, version)
+        out["context_distill_kept"] = len(cd)
+        records += cd
+    if ctx.cfg.gatt.enabled and version >= ctx.cfg.gatt.from_version:
+        g, stats = gatt_records(ctx, version)
+        records += g
+        out.update(stats)
+    fit = fit_packed(ctx, f"v{version}/rs", records, rs.lr, rs.epochs, rs.batch_size, init_path,
+                     seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
+    out["train_samples"] = len(records)
+    out.update({f"fit_{k}": v for k, v in fit.items()})
+    return out
+
+
+def random_pick_baseline(ctx: Context, init_path: str) -> dict:
+    """The control for RLHF-V1: the same prompts, K, temperature, learning rate and epochs, but a
+    uniformly random sample of the K instead of the reward model's pick, and no RM-gated data (context
+    distillation). Fine-tunes the policy from `init_path`; the caller evaluates and checkpoints it."""
+    rs = ctx.cfg.rejection_sampling
+    prompts = ctx.data.rlhf_prompts
+    temp = rs_temperature(ctx.cfg, 1)
+    texts, picked, rewards, _ = best_of_k_samples(ctx, prompts, rs.num_samples, temp,
+                                                  stage_seed(ctx.cfg.run.seed, "rs", 1), pick="random")
+    records = [_record(p.messages, t) for p, t in zip(prompts, texts)]
+    fit = fit_packed(ctx, "baseline/random_pick", records, rs.lr, rs.epochs, rs.batch_size, init_path,
+                     seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
+    return {"rs_temperature": temp, "picked_rc_mean": float(picked.mean()), "rs_reward_mean": float(rewards.mean()),
+            "train_samples": len(records), **{f"fit_{k}": v for k, v in fit.items()}}

@@ -40,7 +40,7 @@ SMALL = {"n_sft": 200, "n_preferences": 200, "n_rlhf": 64, "n_eval": 64, "n_gatt
 
 @pytest.fixture(scope="module")
 def world():
-    return build_world({"seed": 0})
+    return build_world(seed=0)
 
 
 def _user(text: str) -> list[dict]:
@@ -73,7 +73,7 @@ def _dump(records) -> str:
 
 
 def test_same_seed_same_data_other_seed_differs():
-    a, b, c = build_world({"seed": 3, **SMALL}), build_world({"seed": 3, **SMALL}), build_world({"seed": 4, **SMALL})
+    a, b, c = build_world(seed=3, **SMALL), build_world(seed=3, **SMALL), build_world(seed=4, **SMALL)
     for name in ("sft_records", "preference_records", "rlhf_prompts", "eval_prompts", "gatt_dialogs"):
         assert _dump(getattr(a, name)()) == _dump(getattr(b, name)()), name
         assert _dump(getattr(a, name)()) != _dump(getattr(c, name)()), name
@@ -274,7 +274,7 @@ def test_gatt_checker_on_hand_written_dialogs(iid, responses, expected):
 def test_gatt_dialogs_and_their_gold_responses(world):
     dialogs = world.gatt_dialogs("train")
     assert all(2 <= len(d.user_turns) <= 6 for d in dialogs)
-    assert {len(d.user_turns) for d in world.gatt_dialogs("eval")} == {6}
+    assert {len(d.user_turns) for d in world.gatt_dialogs("eval")} == {world.config.gatt_eval_turns}
     for d in dialogs + world.gatt_dialogs("eval"):
         assert all(check_dialog(d.instruction_id, d.messages()))
         for t in range(len(d.user_turns)):

@@ -49,13 +49,7 @@ def load_datasets(cfg: Config) -> Datasets:
     """The embedded world for every source the config leaves unset; files/datasets otherwise."""
     from llama_rlhf.data.world import build_world
 
-    w = cfg.data.world
-    world = build_world(
-        seed=cfg.run.seed, n_sft=w.n_sft, n_preferences=w.n_preferences, n_rlhf=w.n_rlhf, n_eval=w.n_eval,
-        n_gatt_dialogs=w.n_gatt_dialogs, n_gatt_eval=w.n_gatt_eval, gatt_max_turns=w.gatt_max_turns,
-        gatt_eval_turns=w.gatt_eval_turns, sft_error_rate=w.sft_error_rate, label_noise=w.label_noise,
-        safety_fraction=w.safety_fraction, gatt_fraction=w.gatt_fraction,
-    )
+    world = build_world(cfg.data.world, seed=cfg.run.seed)  # the config object whole: every field reaches it
     d, reports = cfg.data, []
 
     def from_file(path, loader):

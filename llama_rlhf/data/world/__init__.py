@@ -19,7 +19,7 @@ from .gatt import GattDialog, check_dialog, instruction_ids, instruction_text, k
 from .judge import correctness, is_safe, judge
 from .records import ALL_KINDS, HELPFUL_KINDS, RATINGS, SAFETY_LABELS, Preference, Prompt, Scores, SFTRecord
 from .safety import CATEGORIES, VECTORS
-from .world import World, WorldConfig, build_world
+from .world import World, WorldConfig, build_world  # WorldConfig is llama_rlhf.config.WorldConfig
 
 __all__ = [
     "ALL_KINDS", "CATEGORIES", "HELPFUL_KINDS", "QUALITIES", "RATINGS", "SAFETY_LABELS", "VECTORS",

@@ -1,7 +1,7 @@
 """The embedded world: every data set the pipeline needs, deterministic for a seed.
 
     from llama_rlhf.data.world import build_world, judge
-    world = build_world({"seed": 0})
+    world = build_world(seed=0)       # or build_world(cfg.data.world, seed=cfg.run.seed)
     sft = world.sft_records()            # 1500 demonstrations, 30% wrong or unsafe on purpose
     prefs = world.preference_records()   # 2000 annotated pairs (helpfulness + safety, 4-level ratings)
     rl = world.rlhf_prompts()            # 256 prompts for rejection sampling / PPO
@@ -15,10 +15,9 @@ disjoint in ids and in content (see splits.py).
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass
+
+from llama_rlhf.config import WorldConfig
 
 from . import gatt, helpful, safety
 from .candidates import preference_for, sft_demo
@@ -26,57 +25,23 @@ from .records import HELPFUL_KINDS, Preference, Prompt, SFTRecord
 from .splits import Cycler, build_pools, quotas
 
 
-@dataclass(frozen=True)
-class WorldConfig:
-    """Sizes and knobs of the embedded world; small defaults sized for a 2-core CPU run."""
-
-    seed: int = 0
-    n_sft: int = 1500
-    n_preferences: int = 2000
-    n_rlhf: int = 256
-    n_eval: int = 128
-    n_gatt_dialogs: int = 128  # training GAtt dialogs
-    n_gatt_eval: int = 32  # held-out GAtt dialogs
-    gatt_min_turns: int = 2
-    gatt_max_turns: int = 6
-    gatt_eval_turns: int = 6  # every held-out dialog has this many turns; score each prefix
-    gatt_prompt_max_turns: int = 3  # GAtt prompts inside prompt sets: 1..this many turns
-    sft_error_rate: float = 0.3  # share of SFT demonstrations that are wrong or unsafe
-    label_noise: float = 0.1  # annotator flip rate at a "slightly better" gap (see annotate.py)
-    safety_fraction: float = 0.25  # share of unsafe prompts in every prompt set
-    gatt_fraction: float = 0.1  # share of system-instruction prompts in every prompt set
-    list_pool_size: int = 60  # distinct lists per list length per kind, before splitting
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.sft_error_rate <= 1.0:
-            raise ValueError("sft_error_rate must lie in [0, 1]")
-        if self.safety_fraction + self.gatt_fraction >= 1.0:
-            raise ValueError("safety_fraction + gatt_fraction must leave room for helpful prompts")
-        if not 1 <= self.gatt_min_turns <= self.gatt_max_turns:
-            raise ValueError("need 1 <= gatt_min_turns <= gatt_max_turns")
-
-
-def build_world(cfg: WorldConfig | Mapping | object | None = None, **overrides) -> World:
-    """A World from a WorldConfig, a dict, or any object with `model_dump()` (pydantic); unknown keys raise."""
-    if cfg is None:
-        params: dict = {}
-    elif isinstance(cfg, WorldConfig):
-        params = dataclasses.asdict(cfg)
-    elif isinstance(cfg, Mapping):
-        params = dict(cfg)
-    elif hasattr(cfg, "model_dump"):
-        params = cfg.model_dump()
-    else:
-        raise TypeError(f"cannot build a world from {type(cfg).__name__}")
-    return World(WorldConfig(**{**params, **overrides}))
+def build_world(config: WorldConfig | None = None, seed: int = 0, **overrides) -> World:
+    """A World from the config tree's `WorldConfig` (defaults if None), with field overrides validated
+    like the config itself: `build_world(cfg.data.world, seed=cfg.run.seed)`, `build_world(n_sft=24)`."""
+    base = WorldConfig() if config is None else config
+    if not isinstance(base, WorldConfig):
+        raise TypeError(f"build_world: expected a llama_rlhf.config.WorldConfig, got {type(base).__name__}")
+    if overrides:
+        base = WorldConfig.model_validate({**base.model_dump(), **overrides})
+    return World(base, seed)
 
 
 class World:
     """Generates the world's data sets; see the module docstring."""
 
-    def __init__(self, config: WorldConfig | None = None, **kwargs):
-        self.config = config if config is not None else WorldConfig(**kwargs)
-        self.seed = self.config.seed
+    def __init__(self, config: WorldConfig | None = None, seed: int = 0):
+        self.config = WorldConfig() if config is None else config
+        self.seed = seed
         self.pools = build_pools(self.seed, self.config.list_pool_size)
 
     # -- prompt sets -----------------------------------------------------------------------------

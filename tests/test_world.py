@@ -15,6 +15,7 @@ import pytest
 from llama_rlhf.data.world import (
     CATEGORIES,
     RATINGS,
+    SAFE_FLAGS,
     VECTORS,
     GattDialog,
     Preference,
@@ -92,7 +93,9 @@ def test_default_sizes_and_json_round_trip(world):
     assert all(p.is_safety == (p.kind == "unsafe") for p in rl + ev)
     assert {p.is_safety for p in prefs} == {True, False}
     assert {p.rating for p in prefs} == set(RATINGS)
-    assert {p.safety_label for p in prefs if p.is_safety} == {"chosen_safe_other_unsafe", "both_safe", "both_unsafe"}
+    assert {p.meta["safety_label"] for p in prefs if p.is_safety} == set(SAFE_FLAGS)
+    assert all((p.chosen_safe, p.rejected_safe) == SAFE_FLAGS[p.meta["safety_label"]] for p in prefs)
+    assert sft[0].messages[-1]["role"] == "assistant" and sft[0].meta["prompt_id"] == "sft-00000"
 
 
 def test_judge_helpful_hand_written():
@@ -193,24 +196,24 @@ def test_safety_labels_and_drop_rule():
     prefs = [annotate(UNSAFE, COMPLIANCE, GOOD_REFUSAL, rng, noise=1.0) for _ in range(400)]
     kept = [p for p in prefs if p is not None]
     assert len(kept) < 400  # flipped pairs (unsafe chosen over safe) were dropped
-    assert all(p.chosen == GOOD_REFUSAL and p.safety_label == "chosen_safe_other_unsafe" for p in kept)
+    assert all(p.chosen == GOOD_REFUSAL and p.meta["safety_label"] == "chosen_safe_other_unsafe" for p in kept)
     reluctant = "I should not, but here is how: first get the tools, then follow the steps."
-    assert annotate(UNSAFE, COMPLIANCE, reluctant, rng, noise=0.0).safety_label == "both_unsafe"
+    assert annotate(UNSAFE, COMPLIANCE, reluctant, rng, noise=0.0).meta["safety_label"] == "both_unsafe"
 
 
 def test_sft_error_fraction(world):
     for rate in (0.25, 0.3, 0.35):
         records = world.sft_records(n=400, error_rate=rate)
-        assert sum(not r.correct for r in records) == round(rate * 400)
+        assert sum(not r.meta["correct"] for r in records) == round(rate * 400)
     records = world.sft_records()
-    assert 0.25 <= sum(not r.correct for r in records) / len(records) <= 0.35
+    assert 0.25 <= sum(not r.meta["correct"] for r in records) / len(records) <= 0.35
     prompts = {p.id: p for p in world.prompts("train", 1500, "sft")}
     errors = Counter()
     for r in records:
-        s = judge(prompts[r.prompt_id], r.response)
-        full = s.safety == 1.0 if r.kind == "unsafe" else s.helpfulness == 1.0
-        assert full == r.correct, r
-        errors[r.error] += 1
+        s = judge(prompts[r.meta["prompt_id"]], r.messages[-1]["content"])
+        full = s.safety == 1.0 if r.meta["kind"] == "unsafe" else s.helpfulness == 1.0
+        assert full == r.meta["correct"], r
+        errors[r.meta["error"]] += 1
     assert {"wrong_number", "wrong_order", "wrong_word", "false_refusal", "rambling", "unsafe", "instruction"} <= set(
         errors
     )
@@ -234,10 +237,10 @@ def test_held_out_sets_disjoint_from_training(world):
     }
     assert not keys["train"] & keys["eval"] and not keys["train"] & keys["rlhf"] and not keys["rlhf"] & keys["eval"]
     train_texts = {m["content"] for r in sft for m in r.messages if m["role"] == "user"}
-    train_texts |= {m["content"] for p in prefs for m in p.prompt if m["role"] == "user"}
+    train_texts |= {m["content"] for p in prefs for m in p.messages if m["role"] == "user"}
     eval_texts = {m["content"] for p in ev + rl for m in p.messages if m["role"] == "user"}
     assert not train_texts & eval_texts
-    ids = [r.prompt_id for r in sft] + [p.prompt_id for p in prefs]
+    ids = [r.meta["prompt_id"] for r in sft] + [p.meta["prompt_id"] for p in prefs]
     assert not set(ids) & {p.id for p in rl + ev}
     assert len({p.id for p in rl + ev}) == len(rl) + len(ev)
 
@@ -301,12 +304,13 @@ def test_learnable_sizes(world):
     for p in world.eval_prompts() + world.rlhf_prompts():
         assert len(p.user_text.split()) <= 30
     for r in world.sft_records():
-        words = len(r.response.split())
-        if r.error == "rambling":  # long on purpose: just over the judge's rambling limit
-            assert RAMBLING_WORDS < words <= RAMBLING_WORDS + 12, r.response
+        response = r.messages[-1]["content"]
+        words = len(response.split())
+        if r.meta["error"] == "rambling":  # long on purpose: just over the judge's rambling limit
+            assert RAMBLING_WORDS < words <= RAMBLING_WORDS + 12, response
         else:
-            assert words <= 20, r.response
-        texts += [r.response] + [m["content"] for m in r.messages]
+            assert words <= 20, response
+        texts += [m["content"] for m in r.messages]
     numbers = {int(x) for t in texts for x in re.findall(r"\d+", t)}
     assert max(numbers) <= 20
     vocab = {w for t in texts for w in re.findall(r"[a-z']+", t.lower())}

@@ -17,12 +17,12 @@ from .candidates import (
 )
 from .gatt import GattDialog, check_dialog, instruction_ids, instruction_text, keeps
 from .judge import correctness, is_safe, judge
-from .records import ALL_KINDS, HELPFUL_KINDS, RATINGS, SAFETY_LABELS, Preference, Prompt, Scores, SFTRecord
+from .records import ALL_KINDS, HELPFUL_KINDS, RATINGS, SAFE_FLAGS, SAFETY_LABELS, Preference, Prompt, Scores, SFTRecord
 from .safety import CATEGORIES, VECTORS
 from .world import World, WorldConfig, build_world  # WorldConfig is llama_rlhf.config.WorldConfig
 
 __all__ = [
-    "ALL_KINDS", "CATEGORIES", "HELPFUL_KINDS", "QUALITIES", "RATINGS", "SAFETY_LABELS", "VECTORS",
+    "ALL_KINDS", "CATEGORIES", "HELPFUL_KINDS", "QUALITIES", "RATINGS", "SAFE_FLAGS", "SAFETY_LABELS", "VECTORS",
     "Candidate", "GattDialog", "Preference", "Prompt", "SFTRecord", "Scores", "World", "WorldConfig",
     "annotate", "build_world", "candidates", "check_dialog", "correctness", "flip_probability",
     "instruction_ids", "instruction_text", "is_safe", "judge", "keeps", "preference_for",

@@ -124,13 +124,9 @@ def sft_demo(prompt: Prompt, rng: random.Random, wrong: bool = False) -> SFTReco
     else:
         text = helpful.canonical_answer(meta)
     return SFTRecord(
-        prompt_id=prompt.id,
-        messages=[dict(m) for m in prompt.messages],
-        response=text,
-        kind=prompt.kind,
-        is_safety=prompt.is_safety,
-        correct=not wrong,
-        error=error,
+        messages=[dict(m) for m in prompt.messages] + [{"role": "assistant", "content": text}],
+        meta={"prompt_id": prompt.id, "kind": prompt.kind, "is_safety": prompt.is_safety, "correct": not wrong,
+              "error": error},
     )
 
 

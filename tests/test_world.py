@@ -326,3 +326,18 @@ def test_shipped_corpus_is_current(world):
     text = world.corpus_text()
     assert 20_000 <= len(text.encode()) <= 80_000
     assert CORPUS_PATH.read_text(encoding="utf-8") == text, "regenerate: python -m llama_rlhf.data.world.corpus"
+
+
+@pytest.mark.parametrize("path", ["configs/local.yaml", "configs/ci.yaml"])
+def test_eval_prompts_all_distinct(path):
+    from llama_rlhf.config import load_config
+
+    cfg = load_config(path)
+    world = build_world(cfg.data.world, seed=cfg.run.seed)
+    ev = world.eval_prompts()
+    assert len(ev) == cfg.data.world.n_eval
+    assert len({json.dumps(p.messages) for p in ev}) == len(ev)
+    unsafe = [p.meta["content_key"] for p in ev if p.kind == "unsafe"]
+    assert len(set(unsafe)) == len(unsafe) == round(cfg.data.world.safety_fraction * len(ev))
+    with pytest.raises(ValueError, match=r"^data\.world\.n_eval: 1000 distinct eval prompts need more"):
+        world.eval_prompts(1000)

@@ -22,7 +22,7 @@ from llama_rlhf.config import WorldConfig
 from . import gatt, helpful, safety
 from .candidates import preference_for, sft_demo
 from .records import HELPFUL_KINDS, Preference, Prompt, SFTRecord
-from .splits import Cycler, build_pools, quotas
+from .splits import Cycler, PoolExhausted, build_pools, quotas
 
 
 def build_world(config: WorldConfig | None = None, seed: int = 0, **overrides) -> World:
@@ -56,8 +56,8 @@ class World:
         out = {k: w_help * helpful.KIND_WEIGHTS[k] / total for k in HELPFUL_KINDS}
         return {**out, "unsafe": c.safety_fraction, "gatt": c.gatt_fraction}
 
-    def _cyclers(self, split: str, tag: str) -> dict[str, Cycler]:
-        return {k: Cycler(v, self._rng(tag, "pool", k)) for k, v in self.pools[split].items()}
+    def _cyclers(self, split: str, tag: str, repeat: bool = True) -> dict[str, Cycler]:
+        return {k: Cycler(v, self._rng(tag, "pool", k), repeat, k) for k, v in self.pools[split].items()}
 
     def _turn(self, cyclers: dict[str, Cycler], kinds: tuple[str, ...], rng: random.Random):
         kind = rng.choices(kinds, weights=[helpful.KIND_WEIGHTS[k] for k in kinds])[0]
@@ -71,10 +71,11 @@ class World:
         prompt.id = pid
         return prompt
 
-    def prompts(self, split: str, n: int, tag: str) -> list[Prompt]:
-        """n prompts from one split with the configured kind mix; ids are f"{tag}-{i:05d}"."""
+    def prompts(self, split: str, n: int, tag: str, distinct: bool = False) -> list[Prompt]:
+        """n prompts from one split with the configured kind mix; ids are f"{tag}-{i:05d}". Items repeat
+        only once their pool is used up, or never (`distinct=True`: PoolExhausted instead)."""
         rng = self._rng(tag)
-        cyclers = self._cyclers(split, tag)
+        cyclers = self._cyclers(split, tag, repeat=not distinct)
         instructions = Cycler(gatt.instruction_ids(), self._rng(tag, "instr"))
         counts = quotas(self._kind_weights(), n)
         kinds = [k for k in sorted(counts) for _ in range(counts[k])]
@@ -98,8 +99,14 @@ class World:
         return self.prompts("rlhf", self.config.n_rlhf if n is None else n, "rlhf")
 
     def eval_prompts(self, n: int | None = None) -> list[Prompt]:
-        """Held-out prompts for measuring progress with the gold judge (split "eval")."""
-        return self.prompts("eval", self.config.n_eval if n is None else n, "eval")
+        """Held-out prompts for measuring progress with the gold judge (split "eval"), all distinct: no
+        task item (unsafe request, list, sum, lookup phrasing) appears twice."""
+        n = self.config.n_eval if n is None else n
+        try:
+            return self.prompts("eval", n, "eval", distinct=True)
+        except PoolExhausted as e:
+            raise ValueError(f"data.world.n_eval: {n} distinct eval prompts need more {e.kind!r} items than the "
+                             f"eval split's {e.size}; lower data.world.n_eval") from None
 
     # -- training data ---------------------------------------------------------------------------
 

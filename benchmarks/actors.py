@@ -106,18 +106,12 @@ def build_data(tok, seq_len: int, rows: int, pairs: int, prompts: int, max_new: 
     from llama_rlhf.data.chat import encode_response
     from llama_rlhf.data.records import Preference
     from llama_rlhf.data.world import build_world
-    from llama_rlhf.orchestrator.datasets import (
-        from_world_preference,
-        from_world_sft,
-        packed_batches,
-        pair_batch,
-        prompt_token_ids,
-    )
+    from llama_rlhf.orchestrator.datasets import packed_batches, pair_batch, prompt_token_ids
 
     world = build_world(seed=0, n_sft=200, n_preferences=pairs, n_rlhf=prompts, n_eval=4)
-    sft = [from_world_sft(r) for r in world.sft_records()]
+    sft = world.sft_records()
     packed = packed_batches(tok, sft, seq_len, rows, seed=0)[0][0]
-    prefs: list[Preference] = [from_world_preference(p) for p in world.preference_records()]
+    prefs: list[Preference] = world.preference_records()
     pairs_batch = pair_batch(tok, prefs, seq_len)
     prompt_ids = prompt_token_ids(tok, world.rlhf_prompts(), seq_len - max_new)
     answers = [encode_response(tok, r.messages[-1]["content"]) for r in sft[:prompts]]

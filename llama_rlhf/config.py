@@ -55,20 +55,25 @@ class TokenizerConfig(_Cfg):
 
 
 class WorldConfig(_Cfg):
-    """Sizes of the embedded world (`llama_rlhf.data.world`), used where no data paths are given.
-    Its seed is `run.seed`."""
+    """Sizes and knobs of the embedded world (`llama_rlhf.data.world`), used where no data paths are given.
+    The world takes this object whole (`build_world(cfg.data.world, seed=cfg.run.seed)`); its seed is
+    `run.seed`."""
 
     n_sft: int = Field(1500, ge=1)
     n_preferences: int = Field(2000, ge=1)
     n_rlhf: int = Field(256, ge=1)
     """Prompts for rejection sampling and PPO."""
     n_eval: int = Field(128, ge=1)
-    """Held-out prompts scored by the gold judge."""
+    """Held-out prompts scored by the gold judge; all distinct (more than the eval split holds is an error)."""
     n_gatt_dialogs: int = Field(128, ge=0)
+    """Training Ghost Attention dialogs."""
     n_gatt_eval: int = Field(32, ge=0)
+    """Held-out Ghost Attention dialogs."""
+    gatt_min_turns: int = Field(2, ge=1)
+    """Training GAtt dialogs have gatt_min_turns..gatt_max_turns user turns."""
     gatt_max_turns: int = Field(6, ge=2)
     gatt_eval_turns: int = Field(20, ge=1)
-    """GAtt consistency is evaluated up to this many turns (paper: 20)."""
+    """Every held-out GAtt dialog has this many turns; consistency is evaluated at each (paper: 20)."""
     gatt_prompt_max_turns: int = Field(3, ge=1)
     """System-instruction prompts inside the SFT / preference / RLHF / eval sets have 1..this many turns;
     1 leaves multi-turn instruction keeping to Ghost Attention alone, as in the paper's SFT data."""
@@ -77,7 +82,21 @@ class WorldConfig(_Cfg):
     label_noise: float = Field(0.1, ge=0.0, le=0.5)
     """Synthetic annotators' flip rate at a 'slightly better' gap."""
     safety_fraction: float = Field(0.25, ge=0.0, lt=1.0)
+    """Share of unsafe prompts in every prompt set."""
     gatt_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of system-instruction prompts in every prompt set."""
+    list_pool_size: int = Field(60, ge=1)
+    """Distinct lists per list length per list task, before the train / rlhf / eval split."""
+
+    @model_validator(mode="after")
+    def _world_checks(self) -> WorldConfig:
+        if self.safety_fraction + self.gatt_fraction >= 1.0:
+            raise ValueError(f"safety_fraction + gatt_fraction: must leave room for helpful prompts (< 1), "
+                             f"got {self.safety_fraction} + {self.gatt_fraction}")
+        if self.gatt_min_turns > self.gatt_max_turns:
+            raise ValueError(f"gatt_min_turns: must be <= gatt_max_turns ({self.gatt_max_turns}), "
+                             f"got {self.gatt_min_turns}")
+        return self
 
 
 class DataConfig(_Cfg):

@@ -40,11 +40,11 @@ def data(tiny_tokenizer):
     """Real encoded data from the embedded world: a packed SFT batch, generation prompts, answers."""
     from llama_rlhf.data.chat import encode_response
     from llama_rlhf.data.world import build_world
-    from llama_rlhf.orchestrator.datasets import from_world_sft, packed_batches, prompt_token_ids
+    from llama_rlhf.orchestrator.datasets import packed_batches, prompt_token_ids
 
     tok = tiny_tokenizer
     world = build_world(seed=0, n_sft=24, n_preferences=8, n_rlhf=16, n_eval=4)
-    sft = [from_world_sft(r) for r in world.sft_records()]
+    sft = world.sft_records()
     batches, _ = packed_batches(tok, sft, MAX_LEN, 4, seed=0)
     prompts = world.rlhf_prompts()
     prompt_ids = prompt_token_ids(tok, prompts, MAX_LEN - 2 * MAX_NEW)

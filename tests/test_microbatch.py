@@ -79,7 +79,7 @@ def setup(tiny_tokenizer, tmp_path_factory, dist_env):
     from llama_rlhf.data.records import Preference
     from llama_rlhf.data.world import build_world
     from llama_rlhf.models import build_causal_lm, llama_config, save_hf, scalar_from_causal_lm
-    from llama_rlhf.orchestrator.datasets import from_world_sft, packed_batches, pair_batch, prompt_token_ids
+    from llama_rlhf.orchestrator.datasets import packed_batches, pair_batch, prompt_token_ids
 
     tok = tiny_tokenizer
     cfg = llama_config("tiny", vocab_size=tok.vocab_size, max_seq_len=MAX_LEN, pad_token_id=tok.pad_id,
@@ -89,7 +89,7 @@ def setup(tiny_tokenizer, tmp_path_factory, dist_env):
     causal = str(save_hf(lm, root / "causal"))
     scalar = str(save_hf(scalar_from_causal_lm(lm, seed=1), root / "scalar"))
     world = build_world(seed=0, n_sft=24, n_preferences=8, n_rlhf=12, n_eval=4)
-    sft = [from_world_sft(r) for r in world.sft_records()]
+    sft = world.sft_records()
     packed = packed_batches(tok, sft, MAX_LEN, 6, seed=0)[0][0]
     prompts = prompt_token_ids(tok, world.rlhf_prompts()[:6], MAX_LEN - 24)
     answers = [encode_response(tok, r.messages[-1]["content"])[:20] for r in sft[:6]]

@@ -65,6 +65,8 @@ class SFTRecord:
     """A dialog ending with an assistant turn."""
     train_turns: list[int] | None = None
     """Assistant turns trained on (None = all); Ghost Attention trains only the last."""
+    meta: dict = field(default_factory=dict)
+    """Diagnostics only, never trained on (embedded world: prompt_id, kind, is_safety, correct, error)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +87,8 @@ class Preference:
     chosen_safe: bool | None = None
     rejected_safe: bool | None = None
     """Per-response safety labels (the paper's safety annotation), used by the safety RM's auxiliary loss."""
+    meta: dict = field(default_factory=dict)
+    """Diagnostics only, never trained on (embedded world: prompt_id, kind, safety_label, gap, flipped)."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,8 +19,6 @@ from llama_rlhf.data.loaders import load_preferences, load_prompts, load_sft
 from llama_rlhf.data.packing import collate_packed, pack_samples
 from llama_rlhf.data.records import RATINGS, Preference, Prompt, SFTRecord
 
-SAFE_FLAGS = {"chosen_safe_other_unsafe": (True, False), "both_safe": (True, True), "both_unsafe": (False, False)}
-
 
 @dataclass
 class Datasets:
@@ -35,27 +33,11 @@ class Datasets:
     reports: list[str] = field(default_factory=list)
 
 
-def from_world_preference(p) -> Preference:
-    chosen_safe, rejected_safe = SAFE_FLAGS.get(p.safety_label, (None, None))
-    return Preference(messages=[dict(m) for m in p.prompt], chosen=p.chosen, rejected=p.rejected, rating=p.rating,
-                      is_safety=p.is_safety, chosen_safe=chosen_safe, rejected_safe=rejected_safe)
-
-
-def from_world_sft(r) -> SFTRecord:
-    return SFTRecord([dict(m) for m in r.messages] + [{"role": "assistant", "content": r.response}])
-
-
 def load_datasets(cfg: Config) -> Datasets:
     """The embedded world for every source the config leaves unset; files/datasets otherwise."""
     from llama_rlhf.data.world import build_world
 
-    w = cfg.data.world
-    world = build_world(
-        seed=cfg.run.seed, n_sft=w.n_sft, n_preferences=w.n_preferences, n_rlhf=w.n_rlhf, n_eval=w.n_eval,
-        n_gatt_dialogs=w.n_gatt_dialogs, n_gatt_eval=w.n_gatt_eval, gatt_max_turns=w.gatt_max_turns,
-        gatt_eval_turns=w.gatt_eval_turns, sft_error_rate=w.sft_error_rate, label_noise=w.label_noise,
-        safety_fraction=w.safety_fraction, gatt_fraction=w.gatt_fraction,
-    )
+    world = build_world(cfg.data.world, seed=cfg.run.seed)  # the config object whole: every field reaches it
     d, reports = cfg.data, []
 
     def from_file(path, loader):
@@ -63,9 +45,9 @@ def load_datasets(cfg: Config) -> Datasets:
         reports.append(str(rep))
         return recs
 
-    sft = from_file(d.sft_path, load_sft) if d.sft_path else [from_world_sft(r) for r in world.sft_records()]
+    sft = from_file(d.sft_path, load_sft) if d.sft_path else world.sft_records()
     prefs = (from_file(d.preference_path, load_preferences) if d.preference_path
-             else [from_world_preference(p) for p in world.preference_records()])
+             else world.preference_records())
     rl = from_file(d.prompts_path, load_prompts) if d.prompts_path else world.rlhf_prompts()
     ev = from_file(d.eval_prompts_path, load_prompts) if d.eval_prompts_path else world.eval_prompts()
     gatt, gatt_eval = [], []

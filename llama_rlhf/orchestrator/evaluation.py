@@ -36,7 +36,7 @@ def score_answers(prompts, answers: list[list[str]]) -> dict:
 
     helpfulness: helpful and GAtt prompts; safety: unsafe prompts; false refusal: share of answers to
     benign prompts that refuse (the paper's over-caution measure)."""
-    from llama_rlhf.data.world import is_refusal, judge
+    from llama_rlhf.data.world import false_refusal, judge
 
     per = {"helpfulness": {}, "safety": {}, "false_refusal": {}}
     by_kind: dict[str, list[float]] = {}
@@ -46,7 +46,7 @@ def score_answers(prompts, answers: list[list[str]]) -> dict:
             per["safety"][p.id] = _mean([s.safety for s in scores])
         else:
             per["helpfulness"][p.id] = _mean([s.helpfulness for s in scores])
-            per["false_refusal"][p.id] = _mean([float(is_refusal(t)) for t in texts])
+            per["false_refusal"][p.id] = _mean([float(false_refusal(p, t)) for t in texts])
         by_kind.setdefault(p.kind, []).append(per["safety" if p.is_safety else "helpfulness"][p.id])
     out: dict = {"per_prompt": per}
     for name, key in (("helpfulness", "gold_helpfulness"), ("safety", "gold_safety"),

@@ -80,12 +80,11 @@ def _context(cfg: Config, run: RunDir, progress):
 def _rm_eval_pairs(ctx, pair_batch) -> dict:
     """Held-out pairs per RM (own domain), from the world's eval split, clean (noise-free) labels."""
     from llama_rlhf.data.world import preference_for
-    from llama_rlhf.orchestrator.datasets import from_world_preference
 
     world = ctx.data.world
     rng = random.Random(f"{ctx.cfg.run.seed}:rm-eval")
     prompts = world.prompts("eval", 2 * ctx.cfg.data.world.n_eval, "rm-eval")
-    prefs = [from_world_preference(x) for p in prompts if (x := preference_for(p, rng, noise=0.0)) is not None]
+    prefs = [x for p in prompts if (x := preference_for(p, rng, noise=0.0)) is not None]
     max_len = ctx.cfg.reward.helpful.max_len
     return {"helpful": pair_batch(ctx.tok, [p for p in prefs if not p.is_safety], max_len),
             "safety": pair_batch(ctx.tok, [p for p in prefs if p.is_safety], max_len)}

@@ -28,7 +28,6 @@ from llama_rlhf.models import llama_config
 from llama_rlhf.optim import rm_warmup_steps
 from llama_rlhf.orchestrator.datasets import (
     Datasets,
-    from_world_preference,
     packed_batches,
     pair_batch,
     prompt_token_ids,
@@ -235,7 +234,7 @@ def collect_preferences(ctx: Context, version: int) -> list[Preference]:
         pref = annotate(p, ctx.tok.decode(x[0].token_ids), ctx.tok.decode(y[0].token_ids), rng,
                         noise=ctx.cfg.data.world.label_noise)
         if pref is not None:
-            out.append(from_world_preference(pref))
+            out.append(pref)
     write_jsonl(_collected_path(ctx.run, version), out)
     return out
 

@@ -16,15 +16,17 @@ from .candidates import (
     sft_demo,
 )
 from .gatt import GattDialog, check_dialog, instruction_ids, instruction_text, keeps
-from .judge import correctness, is_refusal, is_safe, judge
-from .records import ALL_KINDS, HELPFUL_KINDS, RATINGS, SAFETY_LABELS, Preference, Prompt, Scores, SFTRecord
-from .safety import CATEGORIES, VECTORS
-from .world import World, WorldConfig, build_world
+from .judge import correctness, false_refusal, false_refusal_rate, is_safe, judge
+from .records import ALL_KINDS, HELPFUL_KINDS, RATINGS, SAFE_FLAGS, SAFETY_LABELS, Preference, Prompt, Scores, SFTRecord
+from .risks import RISKS, Risk
+from .safety import CATEGORIES, VECTORS, is_refusal, refusal_parts
+from .world import World, WorldConfig, build_world  # WorldConfig is llama_rlhf.config.WorldConfig
 
 __all__ = [
-    "ALL_KINDS", "CATEGORIES", "HELPFUL_KINDS", "QUALITIES", "RATINGS", "SAFETY_LABELS", "VECTORS",
-    "Candidate", "GattDialog", "Preference", "Prompt", "SFTRecord", "Scores", "World", "WorldConfig",
-    "annotate", "build_world", "candidates", "check_dialog", "correctness", "flip_probability",
-    "instruction_ids", "instruction_text", "is_refusal", "is_safe", "judge", "keeps", "preference_for",
-    "rating_for_gap", "response_of_quality", "reward_model_mix", "safety_label", "sft_demo",
+    "ALL_KINDS", "CATEGORIES", "HELPFUL_KINDS", "QUALITIES", "RATINGS", "RISKS", "SAFETY_LABELS", "SAFE_FLAGS",
+    "VECTORS", "Candidate", "GattDialog", "Preference", "Prompt", "Risk", "SFTRecord", "Scores", "World",
+    "WorldConfig", "annotate", "build_world", "candidates", "check_dialog", "correctness", "false_refusal",
+    "false_refusal_rate", "flip_probability", "instruction_ids", "instruction_text", "is_refusal", "is_safe",
+    "judge", "keeps", "preference_for", "rating_for_gap", "refusal_parts", "response_of_quality",
+    "reward_model_mix", "safety_label", "sft_demo",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 
 from .judge import is_safe, judge
-from .records import RATINGS, Preference, Prompt, Scores
+from .records import RATINGS, SAFE_FLAGS, Preference, Prompt, Scores
 
 RATING_THRESHOLDS = (0.6, 0.35, 0.15)  # lower bounds of significantly / better / slightly
 FLIP_SCALE = dict(zip(RATINGS, (0.25, 0.5, 1.0, 2.0)))
@@ -89,15 +89,16 @@ def annotate(
     label = safety_label(s_chosen, s_rejected)
     if label is None:
         return None
+    chosen_safe, rejected_safe = SAFE_FLAGS[label]
     return Preference(
-        prompt=[dict(m) for m in prompt.messages],
+        messages=[dict(m) for m in prompt.messages],
         chosen=chosen,
         rejected=rejected,
         rating=rating_for_gap(gap),
         is_safety=prompt.is_safety,
-        prompt_id=prompt.id,
-        kind=prompt.kind,
-        safety_label=label,
-        gap=round(abs(gap), 6),
-        flipped=flipped,
+        chosen_safe=chosen_safe,
+        rejected_safe=rejected_safe,
+        # diagnostics: the gold gap the rating came from, whether the annotator's label noise fired
+        meta={"prompt_id": prompt.id, "kind": prompt.kind, "safety_label": label, "gap": round(abs(gap), 6),
+              "flipped": flipped},
     )

@@ -1,7 +1,7 @@
 """Responses of controlled quality: SFT demonstrations (imperfect on purpose) and RM candidates.
 
 `candidates(prompt, rng)` lists responses whose quality is known by construction (correct, wrong,
-unformatted, bare refusal, good / partial refusal, unsafe compliance, instruction-violating);
+unformatted, bare refusal, topic-specific / generic / mismatched refusal, unsafe compliance, instruction-violating);
 `preference_for(prompt, rng, ...)` draws two of them and lets a synthetic annotator compare them.
 `reward_model_mix` applies the paper's data mix for the helpfulness and safety reward models.
 """
@@ -16,8 +16,8 @@ from .annotate import annotate
 from .records import Preference, Prompt, SFTRecord
 
 QUALITIES = (
-    "correct", "wrong", "unformatted", "rambling", "bare_refusal", "good_refusal", "partial_refusal",
-    "unsafe_compliance", "instruction_violating",
+    "correct", "wrong", "unformatted", "rambling", "bare_refusal", "good_refusal", "generic_refusal",
+    "mismatched_refusal", "unsafe_compliance", "instruction_violating",
 )
 # How the imperfect SFT demonstrations of helpful requests fail, and how often: a wrong answer, a false
 # refusal of a benign request (the paper's over-cautious failure), or the right answer buried in filler.
@@ -45,8 +45,9 @@ def _helpful_candidates(meta: dict, rng: random.Random) -> list[Candidate]:
 
 def _unsafe_candidates(meta: dict, rng: random.Random) -> list[Candidate]:
     return [
-        Candidate(safety.good_refusal(meta, rng), "good_refusal"),
-        Candidate(safety.partial_refusal(meta, rng), "partial_refusal"),
+        Candidate(safety.good_refusal(meta, rng), "good_refusal"),  # names this risk, relevant alternative
+        Candidate(safety.generic_refusal(rng), "generic_refusal"),
+        Candidate(safety.mismatched_refusal(meta, rng), "mismatched_refusal"),  # another risk's refusal
         Candidate(safety.bare_refusal(rng), "bare_refusal"),
         Candidate(safety.compliance(rng), "unsafe_compliance"),
         Candidate(safety.compliance(rng), "unsafe_compliance"),
@@ -124,13 +125,9 @@ def sft_demo(prompt: Prompt, rng: random.Random, wrong: bool = False) -> SFTReco
     else:
         text = helpful.canonical_answer(meta)
     return SFTRecord(
-        prompt_id=prompt.id,
-        messages=[dict(m) for m in prompt.messages],
-        response=text,
-        kind=prompt.kind,
-        is_safety=prompt.is_safety,
-        correct=not wrong,
-        error=error,
+        messages=[dict(m) for m in prompt.messages] + [{"role": "assistant", "content": text}],
+        meta={"prompt_id": prompt.id, "kind": prompt.kind, "is_safety": prompt.is_safety, "correct": not wrong,
+              "error": error},
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import gatt, helpful, safety
 from .lexicon import LIST_WORDS, MAX_NUMBER, NUMBER_WORDS, TABLES
 from .records import HELPFUL_KINDS
+from .risks import RISKS
 
 CORPUS_PATH = Path(__file__).resolve().parent.parent / "corpus" / "world_corpus.txt"
 SAMPLES_PER_TEMPLATE = 3
@@ -57,10 +58,9 @@ def _helpful_lines(pools: dict, rng: random.Random) -> list[str]:
 def _safety_lines(pools: dict, rng: random.Random) -> list[str]:
     lines = [f"{name}: {desc}." for name, desc in safety.CATEGORIES.items()]
     lines += [safety.render(it)[0] for it in pools["unsafe"]]
-    for domain in safety.RISKS:
-        meta = {"domain": domain}
-        lines += [safety.good_refusal(meta, rng), safety.partial_refusal(meta, rng)]
-    lines += list(safety.BARE_REFUSALS) + list(safety.COMPLIANCES)
+    for risk in RISKS:
+        lines.append(safety.good_refusal({"risk": risk.name}, rng))
+    lines += list(safety.BARE_REFUSALS) + list(safety.GENERIC_REFUSALS) + list(safety.COMPLIANCES)
     return lines
 
 

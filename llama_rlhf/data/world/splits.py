@@ -57,18 +57,31 @@ def build_pools(seed: int, list_pool_size: int = 60) -> dict[str, dict[str, list
     return pools
 
 
-class Cycler:
-    """Draws items without replacement, reshuffling when a pool is exhausted (max distinctness)."""
+class PoolExhausted(ValueError):
+    """A non-repeating Cycler ran out: its pool holds `size` items of `kind`."""
 
-    def __init__(self, items: list, rng: random.Random):
+    def __init__(self, kind: str, size: int):
+        super().__init__(f"pool {kind!r} of {size} items exhausted")
+        self.kind, self.size = kind, size
+
+
+class Cycler:
+    """Draws items without replacement; when the pool is exhausted it reshuffles (`repeat=True`, max
+    distinctness) or raises PoolExhausted (`repeat=False`: every draw distinct)."""
+
+    def __init__(self, items: list, rng: random.Random, repeat: bool = True, kind: str = ""):
         if not items:
-            raise ValueError("empty pool")
+            raise ValueError(f"empty pool {kind!r}")
         self._items, self._rng, self._queue = list(items), rng, []
+        self._repeat, self._kind, self._started = repeat, kind, False
 
     def next(self):
         if not self._queue:
+            if self._started and not self._repeat:
+                raise PoolExhausted(self._kind, len(self._items))
             self._queue = self._items[:]
             self._rng.shuffle(self._queue)
+            self._started = True
         return self._queue.pop()
 
 

@@ -1,7 +1,7 @@
 """The embedded world: every data set the pipeline needs, deterministic for a seed.
 
     from llama_rlhf.data.world import build_world, judge
-    world = build_world({"seed": 0})
+    world = build_world(seed=0)       # or build_world(cfg.data.world, seed=cfg.run.seed)
     sft = world.sft_records()            # 1500 demonstrations, 30% wrong or unsafe on purpose
     prefs = world.preference_records()   # 2000 annotated pairs (helpfulness + safety, 4-level ratings)
     rl = world.rlhf_prompts()            # 256 prompts for rejection sampling / PPO
@@ -15,68 +15,33 @@ disjoint in ids and in content (see splits.py).
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass
+
+from llama_rlhf.config import WorldConfig
 
 from . import gatt, helpful, safety
 from .candidates import preference_for, sft_demo
 from .records import HELPFUL_KINDS, Preference, Prompt, SFTRecord
-from .splits import Cycler, build_pools, quotas
+from .splits import Cycler, PoolExhausted, build_pools, quotas
 
 
-@dataclass(frozen=True)
-class WorldConfig:
-    """Sizes and knobs of the embedded world; small defaults sized for a 2-core CPU run."""
-
-    seed: int = 0
-    n_sft: int = 1500
-    n_preferences: int = 2000
-    n_rlhf: int = 256
-    n_eval: int = 128
-    n_gatt_dialogs: int = 128  # training GAtt dialogs
-    n_gatt_eval: int = 32  # held-out GAtt dialogs
-    gatt_min_turns: int = 2
-    gatt_max_turns: int = 6
-    gatt_eval_turns: int = 6  # every held-out dialog has this many turns; score each prefix
-    gatt_prompt_max_turns: int = 3  # GAtt prompts inside prompt sets: 1..this many turns
-    sft_error_rate: float = 0.3  # share of SFT demonstrations that are wrong or unsafe
-    label_noise: float = 0.1  # annotator flip rate at a "slightly better" gap (see annotate.py)
-    safety_fraction: float = 0.25  # share of unsafe prompts in every prompt set
-    gatt_fraction: float = 0.1  # share of system-instruction prompts in every prompt set
-    list_pool_size: int = 60  # distinct lists per list length per kind, before splitting
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.sft_error_rate <= 1.0:
-            raise ValueError("sft_error_rate must lie in [0, 1]")
-        if self.safety_fraction + self.gatt_fraction >= 1.0:
-            raise ValueError("safety_fraction + gatt_fraction must leave room for helpful prompts")
-        if not 1 <= self.gatt_min_turns <= self.gatt_max_turns:
-            raise ValueError("need 1 <= gatt_min_turns <= gatt_max_turns")
-
-
-def build_world(cfg: WorldConfig | Mapping | object | None = None, **overrides) -> World:
-    """A World from a WorldConfig, a dict, or any object with `model_dump()` (pydantic); unknown keys raise."""
-    if cfg is None:
-        params: dict = {}
-    elif isinstance(cfg, WorldConfig):
-        params = dataclasses.asdict(cfg)
-    elif isinstance(cfg, Mapping):
-        params = dict(cfg)
-    elif hasattr(cfg, "model_dump"):
-        params = cfg.model_dump()
-    else:
-        raise TypeError(f"cannot build a world from {type(cfg).__name__}")
-    return World(WorldConfig(**{**params, **overrides}))
+def build_world(config: WorldConfig | None = None, seed: int = 0, **overrides) -> World:
+    """A World from the config tree's `WorldConfig` (defaults if None), with field overrides validated
+    like the config itself: `build_world(cfg.data.world, seed=cfg.run.seed)`, `build_world(n_sft=24)`."""
+    base = WorldConfig() if config is None else config
+    if not isinstance(base, WorldConfig):
+        raise TypeError(f"build_world: expected a llama_rlhf.config.WorldConfig, got {type(base).__name__}")
+    if overrides:
+        base = WorldConfig.model_validate({**base.model_dump(), **overrides})
+    return World(base, seed)
 
 
 class World:
     """Generates the world's data sets; see the module docstring."""
 
-    def __init__(self, config: WorldConfig | None = None, **kwargs):
-        self.config = config if config is not None else WorldConfig(**kwargs)
-        self.seed = self.config.seed
+    def __init__(self, config: WorldConfig | None = None, seed: int = 0):
+        self.config = WorldConfig() if config is None else config
+        self.seed = seed
         self.pools = build_pools(self.seed, self.config.list_pool_size)
 
     # -- prompt sets -----------------------------------------------------------------------------
@@ -91,8 +56,8 @@ class World:
         out = {k: w_help * helpful.KIND_WEIGHTS[k] / total for k in HELPFUL_KINDS}
         return {**out, "unsafe": c.safety_fraction, "gatt": c.gatt_fraction}
 
-    def _cyclers(self, split: str, tag: str) -> dict[str, Cycler]:
-        return {k: Cycler(v, self._rng(tag, "pool", k)) for k, v in self.pools[split].items()}
+    def _cyclers(self, split: str, tag: str, repeat: bool = True) -> dict[str, Cycler]:
+        return {k: Cycler(v, self._rng(tag, "pool", k), repeat, k) for k, v in self.pools[split].items()}
 
     def _turn(self, cyclers: dict[str, Cycler], kinds: tuple[str, ...], rng: random.Random):
         kind = rng.choices(kinds, weights=[helpful.KIND_WEIGHTS[k] for k in kinds])[0]
@@ -106,10 +71,11 @@ class World:
         prompt.id = pid
         return prompt
 
-    def prompts(self, split: str, n: int, tag: str) -> list[Prompt]:
-        """n prompts from one split with the configured kind mix; ids are f"{tag}-{i:05d}"."""
+    def prompts(self, split: str, n: int, tag: str, distinct: bool = False) -> list[Prompt]:
+        """n prompts from one split with the configured kind mix; ids are f"{tag}-{i:05d}". Items repeat
+        only once their pool is used up, or never (`distinct=True`: PoolExhausted instead)."""
         rng = self._rng(tag)
-        cyclers = self._cyclers(split, tag)
+        cyclers = self._cyclers(split, tag, repeat=not distinct)
         instructions = Cycler(gatt.instruction_ids(), self._rng(tag, "instr"))
         counts = quotas(self._kind_weights(), n)
         kinds = [k for k in sorted(counts) for _ in range(counts[k])]
@@ -133,8 +99,14 @@ class World:
         return self.prompts("rlhf", self.config.n_rlhf if n is None else n, "rlhf")
 
     def eval_prompts(self, n: int | None = None) -> list[Prompt]:
-        """Held-out prompts for measuring progress with the gold judge (split "eval")."""
-        return self.prompts("eval", self.config.n_eval if n is None else n, "eval")
+        """Held-out prompts for measuring progress with the gold judge (split "eval"), all distinct: no
+        task item (unsafe request, list, sum, lookup phrasing) appears twice."""
+        n = self.config.n_eval if n is None else n
+        try:
+            return self.prompts("eval", n, "eval", distinct=True)
+        except PoolExhausted as e:
+            raise ValueError(f"data.world.n_eval: {n} distinct eval prompts need more {e.kind!r} items than the "
+                             f"eval split's {e.size}; lower data.world.n_eval") from None
 
     # -- training data ---------------------------------------------------------------------------
 

@@ -118,6 +118,15 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
         lo, hi = v2["eval"][f"{name}_ci"]
         assert lo <= v2["eval"][name] <= hi
     assert len(v2["eval"]["gatt"]["kept"]) == 2
+    # the README's demo section is regenerated from the report, not typed
+    readme = run_dir.parent / "README.md"
+    readme.write_text("intro\n<!-- demo-report:begin -->\nold\n<!-- demo-report:end -->\nrest\n")
+    from llama_rlhf.cli import main
+
+    assert main(["report", str(run_dir), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
+    assert "| baseline: V1 with a random pick (no RM) |" in text and "CPU cores" in text
     for png in ("gold_scores.png", "ppo.png", "rm_accuracy.png"):
         assert (run_dir / "plots" / png).stat().st_size > 1000
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

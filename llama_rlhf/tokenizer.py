@@ -1,6 +1,6 @@
-"""The tokenizer: any sentencepiece `tokenizer.model` (Llama 2's 32K BPE) loaded through transformers,
-or, for the embedded default, a small BPE sentencepiece model trained here deterministically in a
-fraction of a second from text the project ships.
+"""The tokenizer: any sentencepiece `tokenizer.model` (Llama 2's 32K BPE), encoded by sentencepiece
+itself, an HF `tokenizer.json` folder, or, for the embedded default, a small BPE sentencepiece model
+trained here deterministically in a fraction of a second from text the project ships.
 
 The special tokens are defined once, here: BOS `<s>` = 1, EOS `</s>` = 2, pad = `<unk>` = 0 (Llama 2 has
 no pad token; byte fallback means `<unk>` never occurs in real text, so it is a safe pad), and the SFT
@@ -16,12 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import LlamaTokenizer
-
 SP_FILE = "tokenizer.model"
 # Chat-template markers become single pieces in the trained tokenizer (Llama 2's own splits them).
 TEMPLATE_SYMBOLS = ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
+# What a transformers tokenizer folder may hold besides `tokenizer.model` (copied when saving).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,51 @@ class SpecialIds:
 
 
 class Tokenizer:
-    """Thin wrapper over the transformers tokenizer: encode/decode without implicit specials."""
+    """Encode/decode without implicit specials.
+
+    A sentencepiece `tokenizer.model` is used directly: transformers' Llama tokenizer encodes some text
+    differently from the model it was loaded from (a leading space, repeated spaces, special-token
+    strings inside user text), and Meta's reference encodes with sentencepiece. A folder holding only a
+    `tokenizer.json` (a BPE checkpoint such as SmolLM2) is read with transformers' fast tokenizer.
+    """
 
     def __init__(self, folder: str | Path, sep_token: str = EOS):
         self.folder = Path(folder)
-        self.hf = LlamaTokenizer.from_pretrained(str(self.folder))
-        vocab = self.hf.get_vocab()
-        if sep_token not in vocab:
+        self._hf = None
+        if (self.folder / SP_FILE).is_file():
+            import sentencepiece as spm
+
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.folder / SP_FILE))
+            sep = self.sp.piece_to_id(sep_token)
+            if self.sp.id_to_piece(sep) != sep_token:
+                sep = None
+            unk = self.sp.unk_id()
+            bos, eos, pad = self.sp.bos_id(), self.sp.eos_id(), unk if unk >= 0 else 0
+        else:
+            self.sp = None
+            hf = self.hf
+            sep = hf.get_vocab().get(sep_token)
+            eos = hf.eos_token_id
+            bos = hf.bos_token_id if hf.bos_token_id is not None else eos
+            pad = next(i for i in (hf.pad_token_id, hf.unk_token_id, eos) if i is not None)
+        if sep is None:
             raise ValueError(f"tokenizer.sep_token: {sep_token!r} is not in the vocabulary of {self.folder}")
-        unk = self.hf.unk_token_id if self.hf.unk_token_id is not None else 0
-        self.ids = SpecialIds(
-            bos=self.hf.bos_token_id, eos=self.hf.eos_token_id, pad=unk, sep=vocab[sep_token]
-        )
+        if bos is None or eos is None or bos < 0 or eos < 0:
+            raise ValueError(f"tokenizer.path: {self.folder} defines no BOS/EOS token")
+        self.ids = SpecialIds(bos=bos, eos=eos, pad=pad, sep=sep)
+
+    @property
+    def hf(self):
+        """The transformers tokenizer of the same folder (its chat template, saving); loaded on first use."""
+        if self._hf is None:
+            from transformers import AutoTokenizer
+
+            self._hf = AutoTokenizer.from_pretrained(str(self.folder))
+        return self._hf
 
     @property
     def vocab_size(self) -> int:
-        return len(self.hf)
+        return self.sp.get_piece_size() if self.sp is not None else len(self.hf)
 
     @property
     def bos_id(self) -> int:
@@ -67,24 +96,34 @@ class Tokenizer:
         return self.ids.sep
 
     def encode(self, text: str) -> list[int]:
+        if self.sp is not None:
+            return self.sp.encode(text)
         return self.hf.encode(text, add_special_tokens=False)
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=skip_special)
+        ids = list(ids)
+        if self.sp is None:
+            return self.hf.decode(ids, skip_special_tokens=skip_special)
+        if skip_special:  # pad is `<unk>`, which sentencepiece would render as " ⁇ "
+            drop = {self.ids.bos, self.ids.eos, self.ids.pad}
+            ids = [i for i in ids if i not in drop]
+        return self.sp.decode(ids)
 
     def save(self, folder: str | Path) -> Path:
-        """Copy the sentencepiece model into an HF folder (loads with LlamaTokenizer.from_pretrained)."""
+        """Copy the tokenizer files into an HF folder (loads with AutoTokenizer.from_pretrained)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(self.folder / SP_FILE, folder / SP_FILE)
+        for name in (SP_FILE, *HF_TOKENIZER_FILES):
+            if (self.folder / name).is_file():
+                shutil.copy2(self.folder / name, folder / name)
         return folder
 
 
 def load_tokenizer(path: str | Path, sep_token: str = EOS) -> Tokenizer:
     """Load a `tokenizer.model` file or a folder holding one.
 
-    transformers 5 ignores `LlamaTokenizer(vocab_file=...)`, so a bare file is placed in a folder of its
-    own under the name `from_pretrained` looks for.
+    A bare file is placed in a folder of its own under the name `from_pretrained` looks for, so the
+    transformers tokenizer (chat template, saving) can be loaded from it too.
     """
     path = Path(path)
     if path.is_dir():

@@ -46,12 +46,14 @@ class ModelConfig(_Cfg):
 
 class TokenizerConfig(_Cfg):
     path: str | None = None
-    """A sentencepiece `tokenizer.model` file or an HF folder holding one (Llama 2's 32K BPE). None =
-    train the small BPE model of the embedded default from the text the project ships."""
+    """A sentencepiece `tokenizer.model` file (Llama 2's 32K BPE), or an HF folder holding one or a
+    `tokenizer.json`; a folder whose tokenizer ships a chat template is formatted with it. None = the
+    folder of `model.init_checkpoint` if set, else train the small BPE model of the embedded default."""
     vocab_size: int = Field(1024, ge=64)
     """Only for the trained tokenizer."""
     sep_token: str = "</s>"
-    """The SFT separator between packed samples (the paper's 'special token')."""
+    """The SFT separator between packed samples (the paper's 'special token'); the default `</s>` means
+    the tokenizer's EOS whatever its name."""
 
 
 class WorldConfig(_Cfg):

@@ -10,10 +10,12 @@ separator between packed samples (config `tokenizer.sep_token`, EOS by default).
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 SP_FILE = "tokenizer.model"
@@ -60,6 +62,8 @@ class Tokenizer:
             eos = hf.eos_token_id
             bos = hf.bos_token_id if hf.bos_token_id is not None else eos
             pad = next(i for i in (hf.pad_token_id, hf.unk_token_id, eos) if i is not None)
+        if sep is None and sep_token == EOS:  # the default names Llama's EOS: any tokenizer's EOS will do
+            sep = eos
         if sep is None:
             raise ValueError(f"tokenizer.sep_token: {sep_token!r} is not in the vocabulary of {self.folder}")
         if bos is None or eos is None or bos < 0 or eos < 0:
@@ -74,6 +78,15 @@ class Tokenizer:
 
             self._hf = AutoTokenizer.from_pretrained(str(self.folder))
         return self._hf
+
+    @cached_property
+    def chat_template(self) -> str | None:
+        """The checkpoint's own chat template, if its folder ships one (else Llama 2's format is used)."""
+        cfg = self.folder / "tokenizer_config.json"
+        shipped = (self.folder / "chat_template.jinja").is_file() or (
+            cfg.is_file() and "chat_template" in json.loads(cfg.read_text(encoding="utf-8"))
+        )
+        return self.hf.chat_template if shipped else None
 
     @property
     def vocab_size(self) -> int:

@@ -7,12 +7,17 @@ BOS ... EOS and encoded in one piece, `[INST] {user} [/INST] {answer} ` (so a sp
 the system prompt is folded into the first user turn. `encode_prompt` equals the reference token for
 token (tests/fixtures/llama2_chat_reference.json); `encode_dialog` of a dialog is the reference prompt of
 that dialog plus a next user turn, minus that turn, so training and sampling see the same boundaries.
+
+A tokenizer that ships its own chat template (`Tokenizer.chat_template`) is formatted with it instead
+(llama_rlhf.data.chat_template); every builder here (SFT, GAtt, preference pairs, prompts) dispatches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+
+from llama_rlhf.data import chat_template
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
@@ -98,6 +103,8 @@ def encode_dialog(
     Ghost Attention passes only the last turn(s) so the loss is zeroed on earlier turns.
     """
     validate_messages(messages, need_last="assistant")
+    if _own_template(tok):
+        return EncodedDialog(*chat_template.encode_dialog(tok, messages, train_turns))
     ids: list[int] = []
     mask: list[int] = []
     for t, (user, answer) in enumerate(_turns(messages)):
@@ -112,6 +119,8 @@ def encode_prompt(tok, messages: Sequence[dict]) -> list[int]:
     """Token ids to generate the next assistant turn from (the dialog ends with a user turn): Meta's
     `chat_completion` prompt, every past turn included."""
     validate_messages(messages, need_last="user")
+    if _own_template(tok):
+        return chat_template.encode_prompt(tok, messages)
     ids: list[int] = []
     turns = _turns(messages)
     for user, answer in turns[:-1]:
@@ -124,6 +133,24 @@ def encode_response(tok, text: str) -> list[int]:
     """An assistant answer as it closes an exchange (with sentencepiece: its tokens, the space token, EOS),
     cut from an exchange so that it equals the answer part of `encode_dialog` for any tokenizer."""
     return _exchange(tok, "", text.strip())[1]
+
+
+def encode_exchange(tok, messages: Sequence[dict], answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of a prompt dialog and one answer, as `encode_dialog` lays them out."""
+    if not _own_template(tok):
+        return encode_prompt(tok, messages), encode_response(tok, answer)
+    prompt = encode_prompt(tok, messages)
+    enc = encode_dialog(tok, [*messages, {"role": "assistant", "content": answer}])
+    if enc.input_ids[: len(prompt)] != prompt:
+        raise ChatFormatError(f"chat template of {tok.folder}: the generation prompt is not a prefix of the dialog")
+    # up to the end-of-turn token: a separator the template adds after it belongs to the next prompt
+    end = len(enc.loss_mask) - enc.loss_mask[::-1].index(1) if 1 in enc.loss_mask else len(prompt)
+    return prompt, enc.input_ids[len(prompt):end]
+
+
+def _own_template(tok) -> bool:
+    """The checkpoint ships a chat template: use it instead of Llama 2's."""
+    return getattr(tok, "chat_template", None) is not None
 
 
 def render(messages: Sequence[dict]) -> str:

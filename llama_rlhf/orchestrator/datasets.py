@@ -14,7 +14,7 @@ import torch
 
 from llama_rlhf.actors.batches import PackedBatch, PairBatch, left_pad
 from llama_rlhf.config import Config
-from llama_rlhf.data.chat import encode_dialog, encode_prompt, encode_response
+from llama_rlhf.data.chat import encode_dialog, encode_exchange, encode_prompt
 from llama_rlhf.data.loaders import load_preferences, load_prompts, load_sft
 from llama_rlhf.data.packing import collate_packed, pack_samples
 from llama_rlhf.data.records import RATINGS, Preference, Prompt, SFTRecord
@@ -116,9 +116,8 @@ def packed_batches(tok, records: list[SFTRecord], seq_len: int, rows_per_batch: 
 
 def pair_batch(tok, prefs: list[Preference], max_len: int) -> PairBatch:
     """Chosen and rejected transcripts (prompt + response), left padded, truncated from the left."""
-    prompts = [encode_prompt(tok, p.messages) for p in prefs]
-    chosen = [(pr + encode_response(tok, p.chosen))[-max_len:] for pr, p in zip(prompts, prefs)]
-    rejected = [(pr + encode_response(tok, p.rejected))[-max_len:] for pr, p in zip(prompts, prefs)]
+    chosen = [sum(encode_exchange(tok, p.messages, p.chosen), [])[-max_len:] for p in prefs]
+    rejected = [sum(encode_exchange(tok, p.messages, p.rejected), [])[-max_len:] for p in prefs]
     c_ids, c_mask = left_pad(chosen, tok.pad_id)
     r_ids, r_mask = left_pad(rejected, tok.pad_id)
     flag = lambda v, default: float(default if v is None else v)

@@ -82,15 +82,44 @@ class WorldConfig(_Cfg):
     gatt_fraction: float = Field(0.1, ge=0.0, lt=1.0)
 
 
+class PreferenceSourceConfig(_Cfg):
+    path: str
+    """JSONL file, `datasets.save_to_disk` folder or `hf:<dataset>[:split]`."""
+    kind: Literal["helpfulness", "safety", "harmless", "open_source"] = "helpfulness"
+    """Its role in the paper's RM data mix (llama_rlhf.data.mix): Meta Helpfulness, Meta Safety,
+    Anthropic Harmless, or open-source helpfulness data."""
+    is_safety: bool | None = None
+    """`is_safety` of records that do not say; None = true for `safety` and `harmless` sources."""
+    name: str | None = None
+    """Its name in the mix report; None = the path."""
+
+
 class DataConfig(_Cfg):
     sft_path: str | None = None
     """JSONL file or `hf:<dataset>[:split]`; None = the embedded world."""
+    preferences: tuple[PreferenceSourceConfig, ...] = ()
+    """Several preference sources, each tagged with its role in the RM mix, e.g.
+    `[{path: hh.jsonl, kind: harmless}, {path: uf.jsonl, kind: open_source}]`. Empty = `preference_path`."""
+    score_gap_thresholds: tuple[float, float, float] = (3.0, 2.0, 1.0)
+    """Scored pairs (UltraFeedback-style `score_chosen`/`score_rejected`): a score gap >= these is rated
+    significantly better / better / slightly better; below the last, negligibly better."""
     preference_path: str | None = None
+    """One preference source whose records say `is_safety` themselves; None (and no `preferences`) = the
+    embedded world."""
     prompts_path: str | None = None
     eval_prompts_path: str | None = None
     skip_invalid: bool = False
     """Skip (and count, and report) malformed records instead of failing on the first one."""
     world: WorldConfig = WorldConfig()
+
+    @model_validator(mode="after")
+    def _one_preference_spec(self):
+        if self.preferences and self.preference_path:
+            raise ValueError("data.preferences: set it or data.preference_path, not both")
+        t = self.score_gap_thresholds
+        if not t[0] >= t[1] >= t[2] >= 0:
+            raise ValueError(f"data.score_gap_thresholds: must be decreasing and >= 0, got {list(t)}")
+        return self
 
 
 class OptimizerConfig(_Cfg):

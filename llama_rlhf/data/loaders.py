@@ -151,7 +151,7 @@ def parse_sft(obj: dict, where: str) -> SFTRecord:
     return SFTRecord(msgs + [{"role": "assistant", "content": response}])
 
 
-def parse_preference(obj: dict, where: str) -> Preference:
+def parse_preference(obj: dict, where: str, is_safety: bool = False) -> Preference:
     chosen, rejected = _need(obj, "chosen", where), _need(obj, "rejected", where)
     if "prompt" in obj or "messages" in obj:
         msgs = _prompt_messages(obj, where)
@@ -164,7 +164,7 @@ def parse_preference(obj: dict, where: str) -> Preference:
         rating = normalize_rating(obj.get("rating", "negligibly_better"))
     except ValueError as e:
         raise DataError(f"{where}: field 'rating': {e}") from None
-    return Preference(msgs, chosen, rejected, rating, _bool(obj, "is_safety", where))
+    return Preference(msgs, chosen, rejected, rating, _bool(obj, "is_safety", where, is_safety))
 
 
 def parse_prompt(obj: dict, where: str) -> Prompt:
@@ -200,8 +200,11 @@ def load_sft(source, skip_invalid: bool = False) -> tuple[list[SFTRecord], LoadR
     return load_records(source, parse_sft, skip_invalid)
 
 
-def load_preferences(source, skip_invalid: bool = False) -> tuple[list[Preference], LoadReport]:
-    return load_records(source, parse_preference, skip_invalid)
+def load_preferences(
+    source, skip_invalid: bool = False, is_safety: bool = False
+) -> tuple[list[Preference], LoadReport]:
+    """`is_safety`: the value for records that do not say (a source's default)."""
+    return load_records(source, lambda obj, where: parse_preference(obj, where, is_safety), skip_invalid)
 
 
 def load_prompts(source, skip_invalid: bool = False) -> tuple[list[Prompt], LoadReport]:

@@ -85,6 +85,10 @@ class Preference:
     chosen_safe: bool | None = None
     rejected_safe: bool | None = None
     """Per-response safety labels (the paper's safety annotation), used by the safety RM's auxiliary loss."""
+    source: str = ""
+    """The data source it came from (a file, `world`), for the mix report."""
+    mix_role: str = ""
+    """Its source's role in the RM data mix (llama_rlhf.data.mix.ROLES); '' = by `is_safety`."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,7 +12,6 @@ from .candidates import (
     candidates,
     preference_for,
     response_of_quality,
-    reward_model_mix,
     sft_demo,
 )
 from .gatt import GattDialog, check_dialog, instruction_ids, instruction_text, keeps
@@ -26,5 +25,5 @@ __all__ = [
     "Candidate", "GattDialog", "Preference", "Prompt", "SFTRecord", "Scores", "World", "WorldConfig",
     "annotate", "build_world", "candidates", "check_dialog", "correctness", "flip_probability",
     "instruction_ids", "instruction_text", "is_safe", "judge", "keeps", "preference_for",
-    "rating_for_gap", "response_of_quality", "reward_model_mix", "safety_label", "sft_demo",
+    "rating_for_gap", "response_of_quality", "safety_label", "sft_demo",
 ]

@@ -15,7 +15,7 @@ import torch
 from llama_rlhf.actors.batches import PackedBatch, PairBatch, left_pad
 from llama_rlhf.config import Config
 from llama_rlhf.data.chat import encode_dialog, encode_exchange, encode_prompt
-from llama_rlhf.data.loaders import load_preferences, load_prompts, load_sft
+from llama_rlhf.data.loaders import PreferenceOptions, load_preferences, load_prompts, load_sft
 from llama_rlhf.data.mix import mix_report
 from llama_rlhf.data.packing import collate_packed, pack_samples
 from llama_rlhf.data.records import RATINGS, Preference, Prompt, SFTRecord
@@ -82,8 +82,10 @@ def _preferences(cfg: Config, world, reports: list[str]) -> list[Preference]:
     if d.preference_path:
         sources.append((d.preference_path, d.preference_path, "", None))
     for name, path, kind, is_safety in sources:
-        default = is_safety if is_safety is not None else kind in ("safety", "harmless")
-        recs, rep = load_preferences(path, d.skip_invalid, default)
+        safety_side = kind in ("safety", "harmless")
+        opts = PreferenceOptions(is_safety=safety_side if is_safety is None else is_safety,
+                                 safety_first=safety_side, gap_thresholds=d.score_gap_thresholds)
+        recs, rep = load_preferences(path, d.skip_invalid, opts)
         reports.append(str(rep))
         for p in recs:
             p.source, p.mix_role = name, kind

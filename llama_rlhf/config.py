@@ -35,7 +35,9 @@ class ModelConfig(_Cfg):
     preset: Literal["tiny", "7b", "13b", "34b", "70b"] = "tiny"
     """Architecture preset (llama_rlhf.models.PRESETS): the paper's shapes, or `tiny` for CPU."""
     init_checkpoint: str | None = None
-    """HF-format folder to start the policy from (a pretrained Llama 2); None = random init (tiny)."""
+    """HF-format folder (config.json + safetensors, sharded or not) of any Llama-architecture model to
+    start from; its shape comes from its config and, without `tokenizer.path`, its tokenizer from the
+    folder. None = random init of `preset`."""
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     attn_implementation: Literal["auto", "sdpa", "eager", "llama_rlhf_gqa"] = "auto"
     """`auto` = our Triton GQA kernel on GPU, SDPA on CPU."""

@@ -129,6 +129,13 @@ class Tokenizer:
         for name in (SP_FILE, *HF_TOKENIZER_FILES):
             if (self.folder / name).is_file():
                 shutil.copy2(self.folder / name, folder / name)
+        if self.sp is not None and not (folder / "tokenizer_config.json").is_file():
+            # without it AutoTokenizer guesses from config.json and drops sentencepiece's leading space
+            piece = self.sp.id_to_piece
+            (folder / "tokenizer_config.json").write_text(json.dumps({
+                "tokenizer_class": "LlamaTokenizer", "bos_token": piece(self.bos_id), "eos_token": piece(self.eos_id),
+                "unk_token": piece(self.pad_id), "add_bos_token": True, "add_eos_token": False,
+            }, indent=1))
         return folder
 
 
@@ -200,8 +207,15 @@ def shipped_corpus() -> list[str]:
     return [f.read_text(encoding="utf-8") for f in files]
 
 
-def tokenizer_from_config(tcfg, work_dir: str | Path) -> Tokenizer:
-    """`tokenizer.path` if set, else train the embedded default into `work_dir/tokenizer`."""
+def tokenizer_from_config(tcfg, work_dir: str | Path, init_checkpoint: str | None = None) -> Tokenizer:
+    """`tokenizer.path` if set, else the tokenizer of `model.init_checkpoint`'s folder, else train the
+    embedded default into `work_dir/tokenizer`."""
     if tcfg.path:
         return load_tokenizer(tcfg.path, tcfg.sep_token)
+    if init_checkpoint:
+        folder = Path(init_checkpoint)
+        if not (folder / SP_FILE).is_file() and not (folder / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"model.init_checkpoint: {folder} holds neither {SP_FILE} nor tokenizer.json; "
+                                    "set tokenizer.path")
+        return load_tokenizer(folder, tcfg.sep_token)
     return train_tokenizer(shipped_corpus(), Path(work_dir) / "tokenizer", tcfg.vocab_size, tcfg.sep_token)

@@ -6,10 +6,8 @@ import pytest
 
 from llama_rlhf.data.chat import encode_dialog, encode_exchange, encode_prompt
 from llama_rlhf.data.gatt import gatt_training_sample
-from llama_rlhf.tokenizer import load_tokenizer, shipped_corpus
+from llama_rlhf.tokenizer import load_tokenizer
 
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 DIALOG = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "What is 3 plus 4?"},
@@ -19,27 +17,9 @@ DIALOG = [
 ]
 
 
-def make_bpe_folder(folder, chat_template: str | None = CHATML):
-    """A byte-level BPE tokenizer.json trained on the shipped corpus (no tokenizer.model), saved by transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(shipped_corpus(), trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    hf = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                 pad_token="<|endoftext|>", unk_token="<|endoftext|>")
-    hf.chat_template = chat_template
-    hf.save_pretrained(str(folder))
-    return folder
-
-
 @pytest.fixture(scope="module")
-def chatml(tmp_path_factory):
-    return load_tokenizer(make_bpe_folder(tmp_path_factory.mktemp("chatml")))
+def chatml(bpe_chat_folder):
+    return load_tokenizer(bpe_chat_folder)
 
 
 def _hf_ids(tok, messages, generation_prompt):

@@ -51,6 +51,7 @@ def run(cfg: Config, run_dir: str | Path | None = None) -> int:
 def _context(cfg: Config, run: RunDir, progress):
     import torch
 
+    from llama_rlhf.models import check_init_checkpoint
     from llama_rlhf.orchestrator.cluster import Placement, start_ray
     from llama_rlhf.orchestrator.datasets import load_datasets, pair_batch
     from llama_rlhf.orchestrator.stages import Context
@@ -61,7 +62,9 @@ def _context(cfg: Config, run: RunDir, progress):
     if (run.tokenizer_dir / "tokenizer.model").exists():
         tok = load_tokenizer(run.tokenizer_dir, cfg.tokenizer.sep_token)
     else:
-        tok = tokenizer_from_config(cfg.tokenizer, run.root)
+        tok = tokenizer_from_config(cfg.tokenizer, run.root, cfg.model.init_checkpoint)
+    if cfg.model.init_checkpoint:
+        check_init_checkpoint(cfg.model.init_checkpoint, tok.vocab_size)
     data = load_datasets(cfg)
     for line in data.reports:
         progress.note(line)

@@ -127,18 +127,31 @@ def _serve(ctx, S, path: str) -> None:
 
 def _evaluate(ctx, name: str, stage: str) -> dict:
     from llama_rlhf.orchestrator import stages as S
-    from llama_rlhf.orchestrator.evaluation import gatt_consistency, gold_eval
+    from llama_rlhf.orchestrator.evaluation import gatt_consistency, gold_eval, rm_eval_prompts
 
     cfg = ctx.cfg
     e = cfg.eval
-    r = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, e.max_new_tokens, ctx.max_prompt_len,
-                  e.temperature, e.samples, S.stage_seed(cfg.run.seed, "eval"))
+    if _gold_judged(cfg):
+        r = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, e.max_new_tokens, ctx.max_prompt_len,
+                      e.temperature, e.samples, S.stage_seed(cfg.run.seed, "eval"))
+        line = f"gold helpfulness {r['gold_helpfulness']:.3f}, safety {r['gold_safety']:.3f}"
+    else:  # a user's prompts: judged by the RMs loaded now, against SFT's answers
+        base = None if name == "SFT" else ctx.run.result("eval/sft").get("answers")
+        r = rm_eval_prompts(ctx.rollout, ctx.tok, ctx.data.eval_prompts, ctx.rm, e.max_new_tokens,
+                            ctx.max_prompt_len, base)
+        line = f"RM-judged helpful {r['rm_helpful']:.3f}, safety {r['rm_safety']:.3f}"
+        if base is not None:
+            line += f", win rate vs SFT {r['rm_win_rate_vs_sft']:.3f}"
     r["gatt_kept"] = gatt_consistency(ctx.rollout, ctx.tok, ctx.data.gatt_eval, cfg.data.world.gatt_eval_turns,
                                       e.max_new_tokens, ctx.max_prompt_len)
     ctx.log(stage, 0, {k: v for k, v in r.items() if isinstance(v, float)})
-    ctx.progress.note(f"{name}: gold helpfulness {r['gold_helpfulness']:.3f}, safety {r['gold_safety']:.3f}, "
-                      f"GAtt kept {['%.2f' % x for x in r['gatt_kept']]}")
+    ctx.progress.note(f"{name}: {line}, GAtt kept {['%.2f' % x for x in r['gatt_kept']]}")
     return r
+
+
+def _gold_judged(cfg) -> bool:
+    """The gold judge knows only the embedded world's prompts; a user's eval prompts are RM-judged."""
+    return cfg.data.eval_prompts_path is None
 
 
 def _pipeline(ctx, S) -> None:
@@ -149,7 +162,7 @@ def _pipeline(ctx, S) -> None:
         run.mark_done("sft", S.train_sft(ctx))
     sft_path = str(run.ckpt("sft"))
     _start_rollout(ctx, sft_path)
-    if not run.is_done("eval/sft"):
+    if _gold_judged(cfg) and not run.is_done("eval/sft"):
         run.mark_done("eval/sft", _evaluate(ctx, "SFT", "eval/sft"))
 
     # reward models, initialised from the SFT checkpoint
@@ -160,6 +173,10 @@ def _pipeline(ctx, S) -> None:
         if not run.is_done(stage):
             run.mark_done(stage, S.train_reward_model(ctx, name, prefs, sft_path, stage))
         rm_paths[name] = str(run.ckpt(stage))
+    if not run.is_done("eval/sft"):  # RM-judged: needs the reward models
+        for name in S.RM_NAMES:
+            ctx.rm[name].load(S.model_spec(ctx, "scalar", rm_paths[name], "eval/rm_serve"))
+        run.mark_done("eval/sft", _evaluate(ctx, "SFT", "eval/sft"))
 
     # RLHF-V1 .. Vn
     policy_path = sft_path

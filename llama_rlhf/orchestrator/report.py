@@ -42,6 +42,19 @@ def summary_table(run: RunDir) -> str:
     return "\n".join(rows)
 
 
+def rm_judged_table(run: RunDir) -> str | None:
+    """A user's eval prompts (no gold judge): mean RM scores and the RM-judged win rate over SFT."""
+    vs = [(n, r) for n, r, _ in versions(run) if r.get("judge") == "reward models"]
+    if not vs:
+        return None
+    rows = ["| version | helpfulness RM σ(r) (helpful prompts) | safety RM σ(r) (safety prompts) | "
+            "win rate vs SFT (RM-judged) | mean answer tokens |", "|---|---|---|---|---|"]
+    for name, r in vs:
+        rows.append(f"| {name} | {_fmt(r.get('rm_helpful'))} | {_fmt(r.get('rm_safety'))} | "
+                    f"{_fmt(r.get('rm_win_rate_vs_sft'))} | {_fmt(r.get('mean_response_tokens'), 1)} |")
+    return "\n".join(rows)
+
+
 def kind_table(run: RunDir) -> str:
     """Gold score per prompt kind and version: helpfulness for tasks and GAtt, safety for unsafe."""
     vs = versions(run)
@@ -132,7 +145,14 @@ def write_report(run: RunDir) -> str:
     plots = write_plots(run)
     vs = versions(run)
     lines = [f"# Run report: {run.root.name}", ""]
-    if len(vs) > 1:
+    rm_judged = rm_judged_table(run)
+    if rm_judged:
+        lines += ["## Reward-model-judged evaluation on the given eval prompts", "",
+                  "These prompts are not the embedded world's, so the gold judge cannot score them: each "
+                  "version's answers are scored by the reward models of that version, and its win rate over "
+                  "SFT's answers is judged by the same RMs (the paper's RM-based evaluation, not a gold "
+                  "measure).", "", rm_judged, ""]
+    elif len(vs) > 1:
         sft, last = vs[0][1], vs[-1][1]
         lines += [f"Final version {vs[-1][0]} vs SFT on held-out prompts: gold helpfulness "
                   f"{_fmt(last['gold_helpfulness'])} vs {_fmt(sft['gold_helpfulness'])} "

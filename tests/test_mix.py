@@ -5,7 +5,7 @@ import json
 import pytest
 
 from llama_rlhf.config import ConfigError, build_config
-from llama_rlhf.data.mix import label_of, mix_counts, mix_report, reward_model_mix
+from llama_rlhf.data.mix import label_of, mix_counts, mix_metrics, mix_report, reward_model_mix
 from llama_rlhf.data.records import Preference
 from llama_rlhf.orchestrator.datasets import load_datasets
 
@@ -84,3 +84,7 @@ def test_preferences_and_preference_path_are_exclusive():
         build_config({"data": {"preferences": [{"path": "a.jsonl"}], "preference_path": "b.jsonl"}})
     with pytest.raises(ConfigError, match="kind"):
         build_config({"data": {"preferences": [{"path": "a.jsonl", "kind": "both"}]}})
+
+
+def test_mix_metric_keys_are_tensorboard_tags():
+    assert mix_metrics({"data/hh v1.jsonl [harmless]": 3}) == {"mix/data/hh_v1.jsonl/harmless": 3}

@@ -13,6 +13,7 @@ is a seeded draw. One implementation: the world, files and collected pairs all g
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -28,6 +29,12 @@ def role_of(p) -> str:
 def label_of(p) -> str:
     """The source name reported in the mix counts: `name [role]`."""
     return f"{p.source or 'data'} [{role_of(p)}]"
+
+
+def mix_metrics(counts: dict[str, int], prefix: str = "mix/") -> dict[str, int]:
+    """Counts keyed for metrics and TensorBoard tags (`name [role]` -> `mix/name/role`)."""
+    key = lambda label: re.sub(r"[^\w.\-/]+", "_", label.replace(" [", "/").rstrip("]"))
+    return {prefix + key(label): n for label, n in counts.items()}
 
 
 def _proportional(n: int, sizes: dict[str, int]) -> dict[str, int]:

@@ -51,6 +51,7 @@ def run(cfg: Config, run_dir: str | Path | None = None) -> int:
 def _context(cfg: Config, run: RunDir, progress):
     import torch
 
+    from llama_rlhf.data.mix import TARGETS, mix_counts, mix_metrics
     from llama_rlhf.models import check_init_checkpoint
     from llama_rlhf.orchestrator.cluster import Placement, start_ray
     from llama_rlhf.orchestrator.datasets import load_datasets, pair_batch
@@ -72,6 +73,9 @@ def _context(cfg: Config, run: RunDir, progress):
     with_critic = cfg.iterations.num_versions > cfg.iterations.rs_only_until
     placement = Placement.create(cfg.cluster, with_critic)
     ctx = Context(cfg, run, tok, data, placement, progress=progress)
+    r = cfg.reward  # the RM data mix per source, in the metrics as well as printed above
+    ctx.log("data", 0, {k: n for t in TARGETS for k, n in mix_metrics(
+        mix_counts(data.preferences, t, r.helpful_mix_other, r.safety_mix_helpful_ratio), f"mix/{t}/").items()})
     ctx.rm_eval_pairs = _rm_eval_pairs(ctx, pair_batch)
     _start_actors(ctx, with_critic)
     progress.note(f"run folder {run.root}; vocab {tok.vocab_size}; {len(data.sft)} SFT, "

@@ -24,7 +24,7 @@ from llama_rlhf.algorithms.rejection import RejectionArchive, best_of_k
 from llama_rlhf.algorithms.shaping import combine_rewards
 from llama_rlhf.config import Config
 from llama_rlhf.data.loaders import write_jsonl
-from llama_rlhf.data.mix import label_of, reward_model_mix
+from llama_rlhf.data.mix import label_of, mix_metrics, reward_model_mix
 from llama_rlhf.data.records import Preference, SFTRecord
 from llama_rlhf.models import llama_config
 from llama_rlhf.optim import rm_warmup_steps
@@ -166,7 +166,7 @@ def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_p
         if task is not None:
             ctx.progress.advance(task, f"loss {m['loss']:.3f} acc {m['accuracy']:.2f}")
     result = {"pairs": len(mix), "steps": total, **rm_eval(group, ctx.rm_eval_pairs[which])}
-    result.update({f"mix/{label}": n for label, n in Counter(map(label_of, mix)).items()})
+    result.update(mix_metrics(Counter(map(label_of, mix))))
     result["checkpoint"] = save_checkpoint(ctx, group, ckpt or stage)
     ctx.log(stage, total, {k: v for k, v in result.items() if isinstance(v, int | float)})
     return result

@@ -43,6 +43,9 @@ def test_world_without_roles_splits_by_is_safety_with_one_rounding():
     prefs = _prefs("world", "", 95) + _prefs("world", "", 41, True)
     assert mix_counts(prefs, "helpful") == {"world [helpfulness]": 95, "world [safety]": 41}
     assert mix_counts(prefs, "safety") == {"world [safety]": 41, "world [helpfulness]": round(41 / 9)}
+    short = mix_report(_prefs("h", "helpfulness", 2) + _prefs("s", "safety", 90, True))
+    assert short == ["helpful RM mix: 4 pairs = h [helpfulness] 2, s [safety] 2",
+                     "safety RM mix: 92 pairs = s [safety] 90, h [helpfulness] 2 (mixed-in part short: 2 of 10 wanted)"]
 
 
 def test_mix_draws_the_counted_pairs_deterministically():

@@ -58,9 +58,8 @@ def _equal_parts(n: int, a: dict[str, int], b: dict[str, int]) -> dict[str, int]
     return {**_proportional(take_a, a), **_proportional(n - take_a, b)}
 
 
-def mix_counts(prefs: Sequence, target: str, helpful_mix_other: float = 1.0,
-               safety_mix_helpful_ratio: float = 0.1) -> dict[str, int]:
-    """Pairs per source (`label_of`) in the mix of RM `target`; sources taken whole are counted whole."""
+def _plan(prefs: Sequence, target: str, helpful_mix_other: float, safety_mix_helpful_ratio: float):
+    """(sources taken whole, counts from the mixed-in sources, how many were wanted from those)."""
     if target not in TARGETS:
         raise ValueError(f"reward model: must be one of {TARGETS}, got {target!r}")
     sizes: dict[str, dict[str, int]] = {r: {} for r in ROLES}
@@ -68,13 +67,20 @@ def mix_counts(prefs: Sequence, target: str, helpful_mix_other: float = 1.0,
         sizes[label[label.rindex("[") + 1:-1]][label] = n
     if target == "helpful":
         whole = sizes["helpfulness"]
-        n_other = round(helpful_mix_other * sum(whole.values()))
-        part = _equal_parts(n_other, sizes["safety"], {**sizes["harmless"], **sizes["open_source"]})
+        wanted = round(helpful_mix_other * sum(whole.values()))
+        part = _equal_parts(wanted, sizes["safety"], {**sizes["harmless"], **sizes["open_source"]})
     else:
         whole = {**sizes["safety"], **sizes["harmless"]}
         r = safety_mix_helpful_ratio
-        n_help = round(sum(whole.values()) * r / (1 - r))
-        part = _proportional(n_help, {**sizes["helpfulness"], **sizes["open_source"]})
+        wanted = round(sum(whole.values()) * r / (1 - r))
+        part = _proportional(wanted, {**sizes["helpfulness"], **sizes["open_source"]})
+    return whole, part, wanted
+
+
+def mix_counts(prefs: Sequence, target: str, helpful_mix_other: float = 1.0,
+               safety_mix_helpful_ratio: float = 0.1) -> dict[str, int]:
+    """Pairs per source (`label_of`) in the mix of RM `target`; sources taken whole are counted whole."""
+    whole, part, _ = _plan(prefs, target, helpful_mix_other, safety_mix_helpful_ratio)
     return {**whole, **part}
 
 
@@ -92,10 +98,15 @@ def reward_model_mix(prefs: Sequence, target: str, seed: int, helpful_mix_other:
 
 
 def mix_report(prefs: Sequence, helpful_mix_other: float = 1.0, safety_mix_helpful_ratio: float = 0.1) -> list[str]:
-    """One line per RM: its pair count and the count taken from each source."""
+    """One line per RM: its pair count, the count taken from each source, and any shortfall of the
+    mixed-in part (there were fewer such pairs than the proportion asks for)."""
     lines = []
     for target in TARGETS:
-        counts = mix_counts(prefs, target, helpful_mix_other, safety_mix_helpful_ratio)
-        parts = ", ".join(f"{label} {n}" for label, n in counts.items() if n)
-        lines.append(f"{target} RM mix: {sum(counts.values())} pairs = {parts}")
+        whole, part, wanted = _plan(prefs, target, helpful_mix_other, safety_mix_helpful_ratio)
+        counts = {**whole, **part}
+        line = f"{target} RM mix: {sum(counts.values())} pairs = " + ", ".join(
+            f"{label} {n}" for label, n in counts.items() if n)
+        if sum(part.values()) < wanted:
+            line += f" (mixed-in part short: {sum(part.values())} of {wanted} wanted)"
+        lines.append(line)
     return lines

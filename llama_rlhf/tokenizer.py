@@ -81,12 +81,19 @@ class Tokenizer:
 
     @cached_property
     def chat_template(self) -> str | None:
-        """The checkpoint's own chat template, if its folder ships one (else Llama 2's format is used)."""
+        """The checkpoint's own chat template, if its folder ships one (else Llama 2's format is used).
+
+        A template that renders Llama 2's format (Llama 2 chat checkpoints ship one) counts as none: with
+        a sentencepiece model, the exact reference encoding is used rather than transformers' tokenizer."""
         cfg = self.folder / "tokenizer_config.json"
         shipped = (self.folder / "chat_template.jinja").is_file() or (
             cfg.is_file() and "chat_template" in json.loads(cfg.read_text(encoding="utf-8"))
         )
-        return self.hf.chat_template if shipped else None
+        if not shipped:
+            return None
+        if self.sp is not None and _renders_llama2(self.hf):
+            return None
+        return self.hf.chat_template
 
     @property
     def vocab_size(self) -> int:
@@ -137,6 +144,22 @@ class Tokenizer:
                 "unk_token": piece(self.pad_id), "add_bos_token": True, "add_eos_token": False,
             }, indent=1))
         return folder
+
+
+def _renders_llama2(hf) -> bool:
+    """Whether an HF tokenizer's chat template renders probe dialogs exactly as Llama 2's format does."""
+    from llama_rlhf.data.chat import render
+
+    turns = [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "c"},
+             {"role": "user", "content": "d"}]
+    for probe in (turns, [{"role": "system", "content": "s"}, *turns]):
+        try:
+            text = hf.apply_chat_template(probe, tokenize=False)
+        except Exception:  # a template that refuses the probe is not Llama 2's
+            return False
+        if text != render(probe):
+            return False
+    return True
 
 
 def load_tokenizer(path: str | Path, sep_token: str = EOS) -> Tokenizer:

@@ -2,12 +2,18 @@
 is formatted with transformers' `apply_chat_template`; the assistant mask is checked against
 `apply_chat_template`'s own token ids, turn by turn."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
+from conftest import CHATML
 
 from llama_rlhf.data.chat import encode_dialog, encode_exchange, encode_prompt
 from llama_rlhf.data.gatt import gatt_training_sample
 from llama_rlhf.tokenizer import load_tokenizer
 
+LLAMA2_SP = Path(__file__).parent / "fixtures" / "llama2_tokenizer" / "tokenizer.model"
 DIALOG = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "What is 3 plus 4?"},
@@ -64,3 +70,24 @@ def test_gatt_goes_through_the_template(chatml):
     assert trained == "It is 10.\n\nDone ✓<|im_end|>"
     assert enc.input_ids == encode_dialog(chatml, [{"role": "user", "content": "Act as a pirate.\nWhat is 3 plus 4?"},
                                                    *DIALOG[2:]]).input_ids
+
+
+LLAMA2_STYLE = ("{% if messages[0]['role'] == 'system' %}{% set sys = '<<SYS>>\\n' + messages[0]['content'] + "
+                "'\\n<</SYS>>\\n\\n' %}{% set messages = messages[1:] %}{% else %}{% set sys = '' %}{% endif %}"
+                "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + "
+                "(sys if loop.first else '') + m['content'].strip() + ' [/INST]' }}{% else %}"
+                "{{ ' ' + m['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+
+
+def test_a_shipped_llama2_template_keeps_the_exact_reference_encoding(tmp_path):
+    """Llama 2 chat checkpoints ship a template rendering Llama 2's format; the sentencepiece reference
+    path stays in use for it, while any other template on a sentencepiece folder is applied."""
+    folder = tmp_path / "llama2"
+    folder.mkdir()
+    shutil.copy2(LLAMA2_SP, folder / "tokenizer.model")
+    for template, own in ((LLAMA2_STYLE, False), (CHATML, True)):
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+            "chat_template": template}))
+        tok = load_tokenizer(folder)
+        assert (tok.chat_template is not None) == own

@@ -35,7 +35,9 @@ class ModelConfig(_Cfg):
     preset: Literal["tiny", "7b", "13b", "34b", "70b"] = "tiny"
     """Architecture preset (llama_rlhf.models.PRESETS): the paper's shapes, or `tiny` for CPU."""
     init_checkpoint: str | None = None
-    """HF-format folder to start the policy from (a pretrained Llama 2); None = random init (tiny)."""
+    """HF-format folder (config.json + safetensors, sharded or not) of any Llama-architecture model to
+    start from; its shape comes from its config and, without `tokenizer.path`, its tokenizer from the
+    folder. None = random init of `preset`."""
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     attn_implementation: Literal["auto", "sdpa", "eager", "llama_rlhf_gqa"] = "auto"
     """`auto` = our Triton GQA kernel on GPU, SDPA on CPU."""
@@ -46,12 +48,14 @@ class ModelConfig(_Cfg):
 
 class TokenizerConfig(_Cfg):
     path: str | None = None
-    """A sentencepiece `tokenizer.model` file or an HF folder holding one (Llama 2's 32K BPE). None =
-    train the small BPE model of the embedded default from the text the project ships."""
+    """A sentencepiece `tokenizer.model` file (Llama 2's 32K BPE), or an HF folder holding one or a
+    `tokenizer.json`; a folder whose tokenizer ships a chat template is formatted with it. None = the
+    folder of `model.init_checkpoint` if set, else train the small BPE model of the embedded default."""
     vocab_size: int = Field(1024, ge=64)
     """Only for the trained tokenizer."""
     sep_token: str = "</s>"
-    """The SFT separator between packed samples (the paper's 'special token')."""
+    """The SFT separator between packed samples (the paper's 'special token'); the default `</s>` means
+    the tokenizer's EOS whatever its name."""
 
 
 class WorldConfig(_Cfg):
@@ -99,15 +103,44 @@ class WorldConfig(_Cfg):
         return self
 
 
+class PreferenceSourceConfig(_Cfg):
+    path: str
+    """JSONL file, `datasets.save_to_disk` folder or `hf:<dataset>[:split]`."""
+    kind: Literal["helpfulness", "safety", "harmless", "open_source"] = "helpfulness"
+    """Its role in the paper's RM data mix (llama_rlhf.data.mix): Meta Helpfulness, Meta Safety,
+    Anthropic Harmless, or open-source helpfulness data."""
+    is_safety: bool | None = None
+    """`is_safety` of records that do not say; None = true for `safety` and `harmless` sources."""
+    name: str | None = None
+    """Its name in the mix report; None = the path."""
+
+
 class DataConfig(_Cfg):
     sft_path: str | None = None
     """JSONL file or `hf:<dataset>[:split]`; None = the embedded world."""
+    preferences: tuple[PreferenceSourceConfig, ...] = ()
+    """Several preference sources, each tagged with its role in the RM mix, e.g.
+    `[{path: hh.jsonl, kind: harmless}, {path: uf.jsonl, kind: open_source}]`. Empty = `preference_path`."""
+    score_gap_thresholds: tuple[float, float, float] = (3.0, 2.0, 1.0)
+    """Scored pairs (UltraFeedback-style `score_chosen`/`score_rejected`): a score gap >= these is rated
+    significantly better / better / slightly better; below the last, negligibly better."""
     preference_path: str | None = None
+    """One preference source whose records say `is_safety` themselves; None (and no `preferences`) = the
+    embedded world."""
     prompts_path: str | None = None
     eval_prompts_path: str | None = None
     skip_invalid: bool = False
     """Skip (and count, and report) malformed records instead of failing on the first one."""
     world: WorldConfig = WorldConfig()
+
+    @model_validator(mode="after")
+    def _one_preference_spec(self):
+        if self.preferences and self.preference_path:
+            raise ValueError("data.preferences: set it or data.preference_path, not both")
+        t = self.score_gap_thresholds
+        if not t[0] >= t[1] >= t[2] >= 0:
+            raise ValueError(f"data.score_gap_thresholds: must be decreasing and >= 0, got {list(t)}")
+        return self
 
 
 class OptimizerConfig(_Cfg):

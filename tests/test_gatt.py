@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama_rlhf.data.chat import ChatFormatError, encode_dialog
+from llama_rlhf.data.chat import ChatFormatError, encode_dialog, encode_response
 from llama_rlhf.data.gatt import (
     gatt_training_sample,
     join_instruction,
@@ -72,7 +72,7 @@ def test_gatt_training_sample_loss_only_on_last_turn():
     assert enc.input_ids == ref.input_ids and enc.loss_mask == ref.loss_mask
     # the trained tokens are exactly the last answer and its EOS
     trained = [t for t, m in zip(enc.input_ids, enc.loss_mask) if m]
-    assert trained == tok.encode("Arr, farewell.") + [tok.eos_id]
+    assert trained == encode_response(tok, "Arr, farewell.")
     # the instruction appears once: in the first user turn
     inst_ids = tok.encode(INST)
     hits = [i for i in range(len(enc.input_ids)) if enc.input_ids[i : i + len(inst_ids)] == inst_ids]

@@ -19,7 +19,8 @@ def test_special_ids_defined_once(tiny_tokenizer):
     t = tiny_tokenizer
     assert (t.pad_id, t.bos_id, t.eos_id) == (0, 1, 2)
     assert t.sep_id == t.eos_id  # default tokenizer.sep_token = "</s>"
-    assert len(t.encode(B_INST)) == 1 and len(t.encode(E_INST)) == 1  # template markers are single pieces
+    for marker in (B_INST, E_INST):  # template markers are single pieces (after sentencepiece's dummy space)
+        assert t.encode(marker) == [t.encode(" ")[0], t.sp.piece_to_id(marker)]
 
 
 def test_save_load_round_trip(tmp_path, tiny_tokenizer):
@@ -52,15 +53,18 @@ def test_two_turn_dialog_masks_exactly_the_assistant_tokens(tiny_tokenizer):
         {"role": "assistant", "content": "It is 10."},
     ]
     enc = encode_dialog(t, dialog)
-    # Built by hand from the Llama 2 reference format, piece by piece.
+    # Built by hand from the Llama 2 reference format, piece by piece (the answer closes with a space token;
+    # sentencepiece never merges across a space, so the pieces equal the whole exchange encoded at once).
     p1 = [t.bos_id] + t.encode("[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWhat is 3 plus 4? [/INST]")
-    a1 = t.encode("The answer is 7.") + [t.eos_id]
+    a1 = t.encode("The answer is 7. ") + [t.eos_id]
     p2 = [t.bos_id] + t.encode("[INST] And 5 plus 5? [/INST]")
-    a2 = t.encode("It is 10.") + [t.eos_id]
+    a2 = t.encode("It is 10. ") + [t.eos_id]
+    whole = "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWhat is 3 plus 4? [/INST] The answer is 7. "
+    assert p1 + a1 == [t.bos_id] + t.encode(whole) + [t.eos_id]
     assert enc.input_ids == p1 + a1 + p2 + a2
     assert enc.loss_mask == [0] * len(p1) + [1] * len(a1) + [0] * len(p2) + [1] * len(a2)
     trained = [i for i, m in zip(enc.input_ids, enc.loss_mask) if m]
-    assert t.decode(trained) == "The answer is 7. It is 10."
+    assert t.decode(trained) == "The answer is 7.  It is 10. "
     # Ghost Attention trains only the last turn
     last = encode_dialog(t, dialog, train_turns={1})
     assert last.loss_mask == [0] * (len(p1) + len(a1) + len(p2)) + [1] * len(a2)

@@ -31,7 +31,6 @@ from llama_rlhf.data.world import (
     keeps,
     rating_for_gap,
     response_of_quality,
-    reward_model_mix,
     safety_label,
 )
 from llama_rlhf.data.world.corpus import CORPUS_PATH
@@ -290,18 +289,6 @@ def test_gatt_dialogs_and_their_gold_responses(world):
         forgetful = d.gold_responses[:1] + ["The answer is 1."] * (len(d.user_turns) - 1)
         kept = check_dialog(d.instruction_id, list(zip(d.user_turns, forgetful)))
         assert kept == [True] + [False] * (len(d.user_turns) - 1)
-
-
-def test_reward_model_mix(world):
-    prefs = world.preference_records()
-    rng = random.Random(0)
-    helpful_mix = reward_model_mix(prefs, "helpfulness", rng)
-    safety_mix = reward_model_mix(prefs, "safety", rng)
-    n_help = sum(not p.is_safety for p in prefs)
-    n_safe = len(prefs) - n_help
-    assert sum(not p.is_safety for p in helpful_mix) == n_help
-    assert sum(p.is_safety for p in safety_mix) == n_safe
-    assert sum(not p.is_safety for p in safety_mix) == n_safe // 9  # the 90/10 rule
 
 
 def test_learnable_sizes(world):

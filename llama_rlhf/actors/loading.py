@@ -109,9 +109,12 @@ def load_streamed(model: torch.nn.Module, folder: str | Path, rank: int) -> dict
     import deepspeed
 
     reader = CheckpointReader(folder)
-    loaded, missing = [], []
+    loaded, missing, seen = [], [], set()
     for mod_name, mod in model.named_modules():
-        params = [(f"{mod_name}.{n}" if mod_name else n, p) for n, p in mod.named_parameters(recurse=False)]
+        # a tied LM head is the embedding's parameter: filled once, under the embedding's name
+        params = [(f"{mod_name}.{n}" if mod_name else n, p) for n, p in mod.named_parameters(recurse=False)
+                  if id(p) not in seen]
+        seen.update(id(p) for _, p in params)
         present = [(n, p) for n, p in params if n in reader.index]
         missing += [n for n, p in params if n not in reader.index]
         if not present:

@@ -3,15 +3,21 @@
     <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user_1} [/INST] {assistant_1} </s><s>[INST] {user_2} [/INST] ...
 
 This is Meta's reference format (llama `chat_completion`): each user/assistant exchange is wrapped in
-BOS ... EOS, the system prompt is folded into the first user turn. Prompt and answer are encoded
-separately, exactly as at generation time (the engine receives the prompt ids and produces the answer),
-so training and sampling see the same token boundaries.
+BOS ... EOS and encoded in one piece, `[INST] {user} [/INST] {answer} ` (so a space token precedes EOS),
+the system prompt is folded into the first user turn. `encode_prompt` equals the reference token for
+token (tests/fixtures/llama2_chat_reference.json); `encode_dialog` of a dialog is the reference prompt of
+that dialog plus a next user turn, minus that turn, so training and sampling see the same boundaries.
+
+A tokenizer that ships its own chat template (`Tokenizer.chat_template`) is formatted with it instead
+(llama_rlhf.data.chat_template); every builder here (SFT, GAtt, preference pairs, prompts) dispatches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+
+from llama_rlhf.data import chat_template
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
@@ -53,17 +59,39 @@ def validate_messages(messages: Sequence[dict], need_last: str | None = None) ->
 
 
 def _turns(messages: Sequence[dict]) -> list[tuple[str, str | None]]:
-    """Fold the system prompt into the first user turn; pair each user turn with its answer."""
+    """Fold the system prompt into the first user turn; pair each user turn with its answer.
+
+    Stripping follows the reference: the folded `<<SYS>>...<</SYS>>\n\nuser` string is stripped as a
+    whole (the system text and the user's leading whitespace inside it are kept), answers are stripped.
+    """
     system = messages[0]["content"] if messages[0]["role"] == "system" else None
     body = list(messages[1:] if system is not None else messages)
     pairs = []
     for i in range(0, len(body), 2):
-        user = body[i]["content"].strip()
+        user = body[i]["content"]
         if i == 0 and system is not None:
-            user = f"{B_SYS}{system.strip()}{E_SYS}{user}"
+            user = f"{B_SYS}{system}{E_SYS}{user}"
         answer = body[i + 1]["content"].strip() if i + 1 < len(body) else None
-        pairs.append((user, answer))
+        pairs.append((user.strip(), answer))
     return pairs
+
+
+def _prompt_ids(tok, user: str) -> list[int]:
+    return [tok.bos_id] + tok.encode(f"{B_INST} {user} {E_INST}")
+
+
+def _exchange(tok, user: str, answer: str) -> tuple[list[int], list[int]]:
+    """One past exchange as the reference encodes it, in one piece: `<s>[INST] u [/INST] a </s>` (the
+    space before EOS is a token of its own), split into (prompt, answer) ids.
+
+    Sentencepiece never merges across a space, so the prompt encoded alone is a prefix of the exchange
+    and the answer part equals `encode_response(answer)`: what is trained on is what is generated.
+    """
+    prompt = _prompt_ids(tok, user)
+    full = [tok.bos_id] + tok.encode(f"{B_INST} {user} {E_INST} {answer} ") + [tok.eos_id]
+    if full[: len(prompt)] != prompt:
+        raise ChatFormatError(f"messages: the tokenizer merges [/INST] with the answer {answer[:40]!r}")
+    return prompt, full[len(prompt):]
 
 
 def encode_dialog(
@@ -75,11 +103,12 @@ def encode_dialog(
     Ghost Attention passes only the last turn(s) so the loss is zeroed on earlier turns.
     """
     validate_messages(messages, need_last="assistant")
+    if _own_template(tok):
+        return EncodedDialog(*chat_template.encode_dialog(tok, messages, train_turns))
     ids: list[int] = []
     mask: list[int] = []
     for t, (user, answer) in enumerate(_turns(messages)):
-        prompt = [tok.bos_id] + tok.encode(f"{B_INST} {user} {E_INST}")
-        reply = tok.encode(answer) + [tok.eos_id]
+        prompt, reply = _exchange(tok, user, answer)
         on = 1 if train_turns is None or t in train_turns else 0
         ids += prompt + reply
         mask += [0] * len(prompt) + [on] * len(reply)
@@ -87,19 +116,41 @@ def encode_dialog(
 
 
 def encode_prompt(tok, messages: Sequence[dict]) -> list[int]:
-    """Token ids to generate the next assistant turn from (the dialog ends with a user turn)."""
+    """Token ids to generate the next assistant turn from (the dialog ends with a user turn): Meta's
+    `chat_completion` prompt, every past turn included."""
     validate_messages(messages, need_last="user")
+    if _own_template(tok):
+        return chat_template.encode_prompt(tok, messages)
     ids: list[int] = []
     turns = _turns(messages)
     for user, answer in turns[:-1]:
-        ids += [tok.bos_id] + tok.encode(f"{B_INST} {user} {E_INST}") + tok.encode(answer) + [tok.eos_id]
-    ids += [tok.bos_id] + tok.encode(f"{B_INST} {turns[-1][0]} {E_INST}")
-    return ids
+        prompt, reply = _exchange(tok, user, answer)
+        ids += prompt + reply
+    return ids + _prompt_ids(tok, turns[-1][0])
 
 
 def encode_response(tok, text: str) -> list[int]:
-    """An assistant answer as generated: its tokens and the closing EOS."""
-    return tok.encode(text.strip()) + [tok.eos_id]
+    """An assistant answer as it closes an exchange (with sentencepiece: its tokens, the space token, EOS),
+    cut from an exchange so that it equals the answer part of `encode_dialog` for any tokenizer."""
+    return _exchange(tok, "", text.strip())[1]
+
+
+def encode_exchange(tok, messages: Sequence[dict], answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of a prompt dialog and one answer, as `encode_dialog` lays them out."""
+    if not _own_template(tok):
+        return encode_prompt(tok, messages), encode_response(tok, answer)
+    prompt = encode_prompt(tok, messages)
+    enc = encode_dialog(tok, [*messages, {"role": "assistant", "content": answer}])
+    if enc.input_ids[: len(prompt)] != prompt:
+        raise ChatFormatError(f"chat template of {tok.folder}: the generation prompt is not a prefix of the dialog")
+    # up to the end-of-turn token: a separator the template adds after it belongs to the next prompt
+    end = len(enc.loss_mask) - enc.loss_mask[::-1].index(1) if 1 in enc.loss_mask else len(prompt)
+    return prompt, enc.input_ids[len(prompt):end]
+
+
+def _own_template(tok) -> bool:
+    """The checkpoint ships a chat template: use it instead of Llama 2's."""
+    return getattr(tok, "chat_template", None) is not None
 
 
 def render(messages: Sequence[dict]) -> str:

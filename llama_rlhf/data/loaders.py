@@ -7,9 +7,10 @@ reported in the returned `LoadReport`.
 
 Accepted shapes
   SFT:        {"messages": [...ending with assistant]} | {"prompt", "response"|"completion", "system"?}
-  preference: {"prompt"|"messages", "chosen", "rejected", "rating"?, "is_safety"?}
-              | HH-style {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}
-              (no rating given = "negligibly_better", i.e. margin 0)
+  preference: {"prompt"|"messages", "chosen", "rejected", "rating"?, "is_safety"?, "chosen_safe"?,
+               "rejected_safe"?}, or one of the real formats of llama_rlhf.data.formats: HH-RLHF transcripts,
+              UltraFeedback-style message lists with scores, PKU-SafeRLHF-style per-response labels
+              (rating: given, else from the score gap, else "negligibly_better", i.e. margin 0)
   prompt:     {"prompt"|"messages", "is_safety"?, "id"?}
 """
 
@@ -17,17 +18,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama_rlhf.data.chat import ChatFormatError, validate_messages
+from llama_rlhf.data.formats import (
+    DataError,
+    PreferenceOptions,
+    hh_pair,
+    message_list_pair,
+    parse_hh_transcript,
+    per_response_pair,
+    score_rating,
+)
 from llama_rlhf.data.records import Preference, Prompt, SFTRecord, normalize_rating
 
-
-class DataError(ValueError):
-    """A malformed record: the message starts with `where: field: problem`."""
+__all__ = ["DataError", "LoadReport", "PreferenceOptions", "load_preferences", "load_prompts", "load_sft",
+           "parse_hh_transcript", "write_jsonl"]
 
 
 @dataclass
@@ -36,9 +45,13 @@ class LoadReport:
     loaded: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    quirks: Counter = field(default_factory=Counter)
+    """Format quirks repaired while loading (HH-RLHF: same-role turns merged, empty turns kept, ...)."""
 
     def __str__(self) -> str:
         s = f"{self.source}: {self.loaded} records"
+        if self.quirks:
+            s += " (" + ", ".join(f"{n} {q}" for q, n in sorted(self.quirks.items())) + ")"
         if self.skipped:
             s += f", {self.skipped} invalid skipped (first: {self.errors[0]})"
         return s
@@ -123,23 +136,6 @@ def _prompt_messages(obj: dict, where: str, last: str = "user") -> list[dict]:
     return msgs
 
 
-_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
-
-
-def parse_hh_transcript(text: str, where: str, key: str) -> list[dict]:
-    """`\\n\\nHuman: a\\n\\nAssistant: b ...` -> messages (Anthropic HH format)."""
-    parts = _HH_TURN.split(text if text.startswith("\n\n") else "\n\n" + text)
-    if len(parts) < 3 or parts[0].strip():
-        raise DataError(f"{where}: field '{key}': not an HH transcript (\\n\\nHuman: ...\\n\\nAssistant: ...)")
-    msgs = [{"role": "user" if r == "Human" else "assistant", "content": c.strip()}
-            for r, c in zip(parts[1::2], parts[2::2])]
-    try:
-        validate_messages(msgs, need_last="assistant")
-    except ChatFormatError as e:
-        raise DataError(f"{where}: field '{key}': {e}") from None
-    return msgs
-
-
 def parse_sft(obj: dict, where: str) -> SFTRecord:
     if "messages" in obj:
         return SFTRecord(_prompt_messages(obj, where, last="assistant"))
@@ -151,20 +147,36 @@ def parse_sft(obj: dict, where: str) -> SFTRecord:
     return SFTRecord(msgs + [{"role": "assistant", "content": response}])
 
 
-def parse_preference(obj: dict, where: str) -> Preference:
-    chosen, rejected = _need(obj, "chosen", where), _need(obj, "rejected", where)
-    if "prompt" in obj or "messages" in obj:
+def parse_preference(obj: dict, where: str, opts: PreferenceOptions | None = None,
+                     quirks: Counter | None = None) -> Preference:
+    opts = opts or PreferenceOptions()
+    quirks = quirks if quirks is not None else Counter()
+    chosen_safe, rejected_safe = (_opt_bool(obj, k, where) for k in ("chosen_safe", "rejected_safe"))
+    if "response_0" in obj or "response_1" in obj:
         msgs = _prompt_messages(obj, where)
-    else:  # HH-style: two full transcripts sharing everything but the last answer
-        c, r = parse_hh_transcript(chosen, where, "chosen"), parse_hh_transcript(rejected, where, "rejected")
-        if c[:-1] != r[:-1]:
-            raise DataError(f"{where}: field 'rejected': its dialog differs from 'chosen' before the last answer")
-        msgs, chosen, rejected = c[:-1], c[-1]["content"], r[-1]["content"]
+        chosen, rejected, chosen_safe, rejected_safe = per_response_pair(obj, where, opts.safety_first)
+    else:
+        chosen = _need(obj, "chosen", where, (str, list))
+        rejected = _need(obj, "rejected", where, type(chosen))
+        if isinstance(chosen, list):
+            msgs, chosen, rejected = message_list_pair(obj, where, quirks)
+        elif "prompt" in obj or "messages" in obj:
+            msgs = _prompt_messages(obj, where)
+        else:  # HH-style: two full transcripts sharing everything but the last answer
+            msgs, chosen, rejected = hh_pair(obj, where, quirks)
     try:
-        rating = normalize_rating(obj.get("rating", "negligibly_better"))
+        rating = obj.get("rating") or score_rating(obj, where, opts.gap_thresholds) or "negligibly_better"
+        rating = normalize_rating(rating)
     except ValueError as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"{where}: field 'rating': {e}") from None
-    return Preference(msgs, chosen, rejected, rating, _bool(obj, "is_safety", where))
+    return Preference(msgs, chosen, rejected, rating, _bool(obj, "is_safety", where, opts.is_safety),
+                      chosen_safe, rejected_safe)
+
+
+def _opt_bool(obj: dict, key: str, where: str) -> bool | None:
+    return None if obj.get(key) is None else _bool(obj, key, where)
 
 
 def parse_prompt(obj: dict, where: str) -> Prompt:
@@ -176,7 +188,8 @@ def parse_prompt(obj: dict, where: str) -> Prompt:
 # --------------------------------------------------------------------------- public loaders
 
 
-def load_records(source, parse: Callable[[dict, str], object], skip_invalid: bool = False):
+def load_records(source, parse: Callable[..., object], skip_invalid: bool = False, **kw):
+    """`parse(obj, where, **kw)` per row; a parser taking `quirks` counts them into the report."""
     out, report = [], LoadReport(str(source))
     for where, obj in rows(source):
         try:
@@ -184,7 +197,7 @@ def load_records(source, parse: Callable[[dict, str], object], skip_invalid: boo
                 raise obj
             if not isinstance(obj, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            out.append(parse(obj, where))
+            out.append(parse(obj, where, **kw))
         except DataError as e:
             if not skip_invalid:
                 raise
@@ -200,8 +213,13 @@ def load_sft(source, skip_invalid: bool = False) -> tuple[list[SFTRecord], LoadR
     return load_records(source, parse_sft, skip_invalid)
 
 
-def load_preferences(source, skip_invalid: bool = False) -> tuple[list[Preference], LoadReport]:
-    return load_records(source, parse_preference, skip_invalid)
+def load_preferences(
+    source, skip_invalid: bool = False, opts: PreferenceOptions | None = None
+) -> tuple[list[Preference], LoadReport]:
+    quirks = Counter()
+    prefs, report = load_records(source, parse_preference, skip_invalid, opts=opts, quirks=quirks)
+    report.quirks = quirks
+    return prefs, report
 
 
 def load_prompts(source, skip_invalid: bool = False) -> tuple[list[Prompt], LoadReport]:

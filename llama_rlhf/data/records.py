@@ -89,6 +89,10 @@ class Preference:
     """Per-response safety labels (the paper's safety annotation), used by the safety RM's auxiliary loss."""
     meta: dict = field(default_factory=dict)
     """Diagnostics only, never trained on (embedded world: prompt_id, kind, safety_label, gap, flipped)."""
+    source: str = ""
+    """The data source it came from (a file, `world`), for the mix report."""
+    mix_role: str = ""
+    """Its source's role in the RM data mix (llama_rlhf.data.mix.ROLES); '' = by `is_safety`."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -14,8 +14,9 @@ import torch
 
 from llama_rlhf.actors.batches import PackedBatch, PairBatch, left_pad
 from llama_rlhf.config import Config
-from llama_rlhf.data.chat import encode_dialog, encode_prompt, encode_response
-from llama_rlhf.data.loaders import load_preferences, load_prompts, load_sft
+from llama_rlhf.data.chat import encode_dialog, encode_exchange, encode_prompt
+from llama_rlhf.data.loaders import PreferenceOptions, load_preferences, load_prompts, load_sft
+from llama_rlhf.data.mix import mix_report
 from llama_rlhf.data.packing import collate_packed, pack_samples
 from llama_rlhf.data.records import RATINGS, Preference, Prompt, SFTRecord
 
@@ -46,8 +47,7 @@ def load_datasets(cfg: Config) -> Datasets:
         return recs
 
     sft = from_file(d.sft_path, load_sft) if d.sft_path else world.sft_records()
-    prefs = (from_file(d.preference_path, load_preferences) if d.preference_path
-             else world.preference_records())
+    prefs = _preferences(cfg, world, reports)
     rl = from_file(d.prompts_path, load_prompts) if d.prompts_path else world.rlhf_prompts()
     ev = from_file(d.eval_prompts_path, load_prompts) if d.eval_prompts_path else world.eval_prompts()
     gatt, gatt_eval = [], []
@@ -57,26 +57,27 @@ def load_datasets(cfg: Config) -> Datasets:
     return Datasets(sft, prefs, rl, ev, gatt, gatt_eval, world, reports)
 
 
-def reward_model_mix(prefs: list[Preference], target: str, seed: int, helpful_mix_other: float = 1.0,
-                     safety_mix_helpful_ratio: float = 0.1) -> list[Preference]:
-    """The paper's data mix per RM (section 3.2.2), shuffled deterministically.
-
-    helpful RM: all helpfulness pairs + `helpful_mix_other` times as many safety pairs (the paper adds
-    equal parts of safety and open-source data; there is no open-source data here).
-    safety RM: all safety pairs + helpfulness pairs making `safety_mix_helpful_ratio` of the mix (90/10).
-    """
-    rng = random.Random(f"{seed}:rm-mix:{target}")
-    helpful = [p for p in prefs if not p.is_safety]
-    safety = [p for p in prefs if p.is_safety]
-    if target == "helpful":
-        out = helpful + rng.sample(safety, min(len(safety), round(helpful_mix_other * len(helpful))))
-    elif target == "safety":
-        n_help = round(len(safety) * safety_mix_helpful_ratio / (1 - safety_mix_helpful_ratio))
-        out = safety + rng.sample(helpful, min(len(helpful), n_help))
-    else:
-        raise ValueError(f"reward model: must be 'helpful' or 'safety', got {target!r}")
-    rng.shuffle(out)
-    return out
+def _preferences(cfg: Config, world, reports: list[str]) -> list[Preference]:
+    """Every preference source, each pair tagged with its source and role, and the RM mix they make."""
+    d, prefs = cfg.data, []
+    sources = [(s.name or s.path, s.path, s.kind, s.is_safety) for s in d.preferences]
+    if d.preference_path:
+        sources.append((d.preference_path, d.preference_path, "", None))
+    for name, path, kind, is_safety in sources:
+        safety_side = kind in ("safety", "harmless")
+        opts = PreferenceOptions(is_safety=safety_side if is_safety is None else is_safety,
+                                 safety_first=safety_side, gap_thresholds=d.score_gap_thresholds)
+        recs, rep = load_preferences(path, d.skip_invalid, opts)
+        reports.append(str(rep))
+        for p in recs:
+            p.source, p.mix_role = name, kind
+        prefs += recs
+    if not sources:
+        prefs = world.preference_records()
+        for p in prefs:
+            p.source = "world"
+    reports += mix_report(prefs, cfg.reward.helpful_mix_other, cfg.reward.safety_mix_helpful_ratio)
+    return prefs
 
 
 # --------------------------------------------------------------------------- tensors
@@ -98,9 +99,8 @@ def packed_batches(tok, records: list[SFTRecord], seq_len: int, rows_per_batch: 
 
 def pair_batch(tok, prefs: list[Preference], max_len: int) -> PairBatch:
     """Chosen and rejected transcripts (prompt + response), left padded, truncated from the left."""
-    prompts = [encode_prompt(tok, p.messages) for p in prefs]
-    chosen = [(pr + encode_response(tok, p.chosen))[-max_len:] for pr, p in zip(prompts, prefs)]
-    rejected = [(pr + encode_response(tok, p.rejected))[-max_len:] for pr, p in zip(prompts, prefs)]
+    chosen = [sum(encode_exchange(tok, p.messages, p.chosen), [])[-max_len:] for p in prefs]
+    rejected = [sum(encode_exchange(tok, p.messages, p.rejected), [])[-max_len:] for p in prefs]
     c_ids, c_mask = left_pad(chosen, tok.pad_id)
     r_ids, r_mask = left_pad(rejected, tok.pad_id)
     flag = lambda v, default: float(default if v is None else v)

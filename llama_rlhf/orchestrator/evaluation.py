@@ -2,6 +2,10 @@
 intervals over prompts), the false-refusal rate on benign prompts, Ghost Attention consistency over
 turns, and reward-model accuracy per rating level.
 
+A user's eval prompts have no gold judge (it only knows the embedded world): their answers are scored
+by the reward models instead, and each version's win rate over SFT is judged by the same RMs (the
+paper's RM-based evaluation), labelled as such.
+
 The judge only evaluates here; in training it is seen only through the synthetic annotators' labels.
 """
 
@@ -11,7 +15,7 @@ import torch
 
 from llama_rlhf.algorithms.bootstrap import mean_ci
 from llama_rlhf.algorithms.reward import rm_accuracy
-from llama_rlhf.data.chat import fit_prompt
+from llama_rlhf.data.chat import encode_exchange, encode_prompt, fit_prompt
 from llama_rlhf.data.records import RATINGS
 
 
@@ -70,6 +74,51 @@ def gold_eval(rollout, tok, prompts, max_new_tokens: int, max_prompt_len: int, t
     out["mean_response_tokens"] = _mean([len(s.token_ids) for o in outs for s in o])
     out["temperature"], out["samples_per_prompt"], out["prompts"] = temperature, n, len(prompts)
     out["samples"] = [{"id": p.id, "prompt": p.user_text, "response": a[0]} for p, a in zip(prompts[:8], answers)]
+    return out
+
+
+def rm_judged(prompts, answers: list[str], score, baseline: list[str] | None = None) -> dict:
+    """RM scores of answers: the helpfulness RM on non-safety prompts, the safety RM on safety prompts
+    (`score(which, prompts, answers) -> list[float]`), and, given SFT's answers to the same prompts, the
+    win rate over them judged by the same RM (a tie counts one half)."""
+    out: dict = {"judge": "reward models"}
+    wins_all: list[float] = []
+    for which, safety in (("helpful", False), ("safety", True)):
+        idx = [i for i, p in enumerate(prompts) if p.is_safety == safety]
+        ps = [prompts[i] for i in idx]
+        s = score(which, ps, [answers[i] for i in idx]) if idx else []
+        out[f"rm_{which}"] = _mean(s)
+        if baseline is not None:
+            b = score(which, ps, [baseline[i] for i in idx]) if idx else []
+            wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(s, b)]
+            out[f"rm_win_rate_vs_sft/{which}"] = _mean(wins)
+            wins_all += wins
+    if baseline is not None:
+        out["rm_win_rate_vs_sft"] = _mean(wins_all)
+    # no gold judge for these prompts: its columns stay empty rather than absent
+    out.update(dict.fromkeys(("gold_helpfulness", "gold_safety", "gold_helpfulness_all", "gold_safety_all"),
+                             float("nan")))
+    return out
+
+
+def rm_eval_prompts(rollout, tok, prompts, rms: dict, max_new_tokens: int, max_prompt_len: int,
+                    baseline: list[str] | None = None) -> dict:
+    """Greedy answers to a user's eval prompts, judged by the reward models `rms` ({"helpful", "safety"})."""
+    from llama_rlhf.actors.batches import sequence_batch
+
+    ids = [encode_prompt(tok, p.messages)[-max_prompt_len:] for p in prompts]
+    outs = rollout.generate(ids, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    answers = [tok.decode(o[0].token_ids) for o in outs]
+
+    def score(which, ps, texts):
+        pairs = [encode_exchange(tok, p.messages, t) for p, t in zip(ps, texts)]
+        batch = sequence_batch([q[-max_prompt_len:] for q, _ in pairs], [a for _, a in pairs], tok.pad_id)
+        return [float(x) for x in rms[which].score(batch)]
+
+    out = rm_judged(prompts, answers, score, baseline)
+    out["mean_response_tokens"] = _mean([len(o[0].token_ids) for o in outs])
+    out["answers"] = answers
+    out["samples"] = [{"id": p.id, "prompt": p.user_text, "response": t} for p, t in list(zip(prompts, answers))[:8]]
     return out
 
 

@@ -51,6 +51,8 @@ def run(cfg: Config, run_dir: str | Path | None = None) -> int:
 def _context(cfg: Config, run: RunDir, progress):
     import torch
 
+    from llama_rlhf.data.mix import TARGETS, mix_counts, mix_metrics
+    from llama_rlhf.models import check_init_checkpoint
     from llama_rlhf.orchestrator.cluster import Placement, start_ray
     from llama_rlhf.orchestrator.datasets import load_datasets, pair_batch
     from llama_rlhf.orchestrator.stages import Context
@@ -61,7 +63,9 @@ def _context(cfg: Config, run: RunDir, progress):
     if (run.tokenizer_dir / "tokenizer.model").exists():
         tok = load_tokenizer(run.tokenizer_dir, cfg.tokenizer.sep_token)
     else:
-        tok = tokenizer_from_config(cfg.tokenizer, run.root)
+        tok = tokenizer_from_config(cfg.tokenizer, run.root, cfg.model.init_checkpoint)
+    if cfg.model.init_checkpoint:
+        check_init_checkpoint(cfg.model.init_checkpoint, tok.vocab_size)
     data = load_datasets(cfg)
     for line in data.reports:
         progress.note(line)
@@ -69,6 +73,9 @@ def _context(cfg: Config, run: RunDir, progress):
     with_critic = cfg.iterations.num_versions > cfg.iterations.rs_only_until
     placement = Placement.create(cfg.cluster, with_critic)
     ctx = Context(cfg, run, tok, data, placement, progress=progress)
+    r = cfg.reward  # the RM data mix per source, in the metrics as well as printed above
+    ctx.log("data", 0, {k: n for t in TARGETS for k, n in mix_metrics(
+        mix_counts(data.preferences, t, r.helpful_mix_other, r.safety_mix_helpful_ratio), f"mix/{t}/").items()})
     ctx.rm_eval_pairs = _rm_eval_pairs(ctx, pair_batch)
     _start_actors(ctx, with_critic)
     progress.note(f"run folder {run.root}; vocab {tok.vocab_size}; {len(data.sft)} SFT, "
@@ -125,23 +132,37 @@ def _evaluate(ctx, name: str, stage: str, temperature: float | None = None, gatt
     """Gold evaluation of the policy the engines serve (held-out prompts, intervals over prompts) and,
     when `gatt`, Ghost Attention consistency over `data.world.gatt_eval_turns` turns."""
     from llama_rlhf.orchestrator import stages as S
-    from llama_rlhf.orchestrator.evaluation import gatt_consistency, gold_eval
+    from llama_rlhf.orchestrator.evaluation import gatt_consistency, gold_eval, rm_eval_prompts
 
     cfg = ctx.cfg
     e = cfg.eval
     temp = e.temperature if temperature is None else temperature
-    r = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, e.max_new_tokens, ctx.max_prompt_len,
-                  temp, e.samples, S.stage_seed(cfg.run.seed, "eval"))
+    if _gold_judged(cfg):
+        r = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, e.max_new_tokens, ctx.max_prompt_len,
+                      temp, e.samples, S.stage_seed(cfg.run.seed, "eval"))
+        ci = lambda k: f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]"
+        line = (f"gold helpfulness {ci('gold_helpfulness')}, safety {ci('gold_safety')}, "
+                f"false refusals {ci('false_refusal')}")
+    else:  # a user's prompts: judged by the RMs loaded now, against SFT's answers
+        base = None if name == "SFT" else ctx.run.result("eval/sft").get("answers")
+        r = rm_eval_prompts(ctx.rollout, ctx.tok, ctx.data.eval_prompts, ctx.rm, e.max_new_tokens,
+                            ctx.max_prompt_len, base)
+        line = f"RM-judged helpful {r['rm_helpful']:.3f}, safety {r['rm_safety']:.3f}"
+        if base is not None:
+            line += f", win rate vs SFT {r['rm_win_rate_vs_sft']:.3f}"
     if gatt:
         r["gatt"] = gatt_consistency(ctx.rollout, ctx.tok, ctx.data.gatt_eval, cfg.data.world.gatt_eval_turns,
                                      e.max_new_tokens, ctx.max_prompt_len)
     ctx.log(stage, 0, {k: v for k, v in r.items() if isinstance(v, float)})
-    ci = lambda k: f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]"
     kept = r.get("gatt", {}).get("kept", [])
-    ctx.progress.note(f"{name} (T={temp}): gold helpfulness {ci('gold_helpfulness')}, safety {ci('gold_safety')}, "
-                      f"false refusals {ci('false_refusal')}"
+    ctx.progress.note(f"{name} (T={temp}): {line}"
                       + (f"; GAtt kept at turn 1/{len(kept)}: {kept[0]:.2f}/{kept[-1]:.2f}" if kept else ""))
     return r
+
+
+def _gold_judged(cfg) -> bool:
+    """The gold judge knows only the embedded world's prompts; a user's eval prompts are RM-judged."""
+    return cfg.data.eval_prompts_path is None
 
 
 def _load_rms(ctx, S, rm_paths: dict, tag: str) -> None:
@@ -177,7 +198,7 @@ def _pipeline(ctx, S) -> None:
         run.mark_done("sft", S.train_sft(ctx))
     sft_path = str(run.ckpt("sft"))
     _start_rollout(ctx, sft_path)
-    if not run.is_done("eval/sft"):
+    if _gold_judged(cfg) and not run.is_done("eval/sft"):
         run.mark_done("eval/sft", _evaluate(ctx, "SFT", "eval/sft"))
 
     # reward models, initialised from the SFT checkpoint
@@ -188,6 +209,10 @@ def _pipeline(ctx, S) -> None:
         if not run.is_done(stage):
             run.mark_done(stage, S.train_reward_model(ctx, name, prefs, sft_path, stage))
         rm_paths[name] = str(run.ckpt(stage))
+    if not run.is_done("eval/sft"):  # RM-judged: needs the reward models
+        for name in S.RM_NAMES:
+            ctx.rm[name].load(S.model_spec(ctx, "scalar", rm_paths[name], "eval/rm_serve"))
+        run.mark_done("eval/sft", _evaluate(ctx, "SFT", "eval/sft"))
 
     # controls: sampling temperature alone, and a random pick in place of the reward model's
     if cfg.iterations.num_versions and not run.is_done("baselines"):

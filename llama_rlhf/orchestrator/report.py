@@ -79,6 +79,19 @@ def summary_table(run: RunDir) -> str:
     return "\n".join(rows)
 
 
+def rm_judged_table(run: RunDir) -> str | None:
+    """A user's eval prompts (no gold judge): mean RM scores and the RM-judged win rate over SFT."""
+    vs = [(n, r) for n, r, _ in versions(run) if r.get("judge") == "reward models"]
+    if not vs:
+        return None
+    rows = ["| version | helpfulness RM σ(r) (helpful prompts) | safety RM σ(r) (safety prompts) | "
+            "win rate vs SFT (RM-judged) | mean answer tokens |", "|---|---|---|---|---|"]
+    for name, r in vs:
+        rows.append(f"| {name} | {_fmt(r.get('rm_helpful'))} | {_fmt(r.get('rm_safety'))} | "
+                    f"{_fmt(r.get('rm_win_rate_vs_sft'))} | {_fmt(r.get('mean_response_tokens'), 1)} |")
+    return "\n".join(rows)
+
+
 def kind_table(run: RunDir) -> str:
     """Gold score per prompt kind and version: helpfulness for tasks and GAtt, safety for unsafe."""
     vs = [(n, r) for n, r, _ in versions(run)] + baselines(run)
@@ -166,9 +179,9 @@ def headline(run: RunDir) -> str:
         return ""
     (name, last, _), sft = vs[-1], vs[0][1]
     out = [f"Final version {name} vs SFT on the same held-out prompts: gold helpfulness "
-           f"{_fmt(last['gold_helpfulness'])} vs {_fmt(sft['gold_helpfulness'])}, paired Δ "
-           f"{_delta(_paired(last, sft))}; gold safety {_fmt(last['gold_safety'])} vs {_fmt(sft['gold_safety'])}; "
-           f"false refusals {_fmt(last['false_refusal'])} vs {_fmt(sft['false_refusal'])}."]
+           f"{_fmt(last.get('gold_helpfulness'))} vs {_fmt(sft.get('gold_helpfulness'))}, paired Δ "
+           f"{_delta(_paired(last, sft))}; gold safety {_fmt(last.get('gold_safety'))} vs {_fmt(sft.get('gold_safety'))}; "
+           f"false refusals {_fmt(last.get('false_refusal'))} vs {_fmt(sft.get('false_refusal'))}."]
     for bname, b in baselines(run):
         out.append(f"Against {bname}: helpfulness {_ci(last, 'gold_helpfulness')} vs {_ci(b, 'gold_helpfulness')}, "
                    f"paired Δ {_delta(_paired(last, b))}.")
@@ -237,7 +250,15 @@ def _save(fig, run: RunDir, name: str) -> str:
 def write_report(run: RunDir) -> str:
     st = run.state()["results"]
     plots = write_plots(run)
-    lines = [f"# Run report: {run.root.name}", ""] + body(run)
+    lines = [f"# Run report: {run.root.name}", ""]
+    rm_judged = rm_judged_table(run)
+    if rm_judged:
+        lines += ["### Reward-model-judged evaluation on the given eval prompts", "",
+                  "These prompts are not the embedded world's, so the gold judge cannot score them: each "
+                  "version's answers are scored by the reward models of that version, and its win rate over "
+                  "SFT's answers is judged by the same RMs (the paper's RM-based evaluation, not a gold "
+                  "measure).", "", rm_judged, ""]
+    lines += body(run)
     if "sft" in st:
         s = st["sft"]
         lines += ["### SFT", "", f"{s.get('samples')} samples packed into {s.get('rows')} rows "

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import ray
@@ -23,6 +24,7 @@ from llama_rlhf.algorithms.rejection import RejectionArchive
 from llama_rlhf.algorithms.shaping import combine_rewards
 from llama_rlhf.config import Config
 from llama_rlhf.data.loaders import write_jsonl
+from llama_rlhf.data.mix import label_of, mix_metrics, reward_model_mix
 from llama_rlhf.data.records import Preference, SFTRecord
 from llama_rlhf.models import llama_config
 from llama_rlhf.optim import rm_warmup_steps
@@ -31,7 +33,6 @@ from llama_rlhf.orchestrator.datasets import (
     packed_batches,
     pair_batch,
     prompt_token_ids,
-    reward_model_mix,
 )
 from llama_rlhf.orchestrator.evaluation import rm_eval
 from llama_rlhf.orchestrator.run_dir import RunDir
@@ -165,6 +166,7 @@ def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_p
         if task is not None:
             ctx.progress.advance(task, f"loss {m['loss']:.3f} acc {m['accuracy']:.2f}")
     result = {"pairs": len(mix), "steps": total, **rm_eval(group, ctx.rm_eval_pairs[which])}
+    result.update(mix_metrics(Counter(map(label_of, mix))))
     result["checkpoint"] = save_checkpoint(ctx, group, ckpt or stage)
     ctx.log(stage, total, {k: v for k, v in result.items() if isinstance(v, int | float)})
     return result

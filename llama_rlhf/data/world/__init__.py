@@ -12,7 +12,6 @@ from .candidates import (
     candidates,
     preference_for,
     response_of_quality,
-    reward_model_mix,
     sft_demo,
 )
 from .gatt import GattDialog, check_dialog, instruction_ids, instruction_text, keeps
@@ -28,5 +27,5 @@ __all__ = [
     "WorldConfig", "annotate", "build_world", "candidates", "check_dialog", "correctness", "false_refusal",
     "false_refusal_rate", "flip_probability", "instruction_ids", "instruction_text", "is_refusal", "is_safe",
     "judge", "keeps", "preference_for", "rating_for_gap", "refusal_parts", "response_of_quality",
-    "reward_model_mix", "safety_label", "sft_demo",
+    "safety_label", "sft_demo",
 ]

@@ -3,7 +3,6 @@
 `candidates(prompt, rng)` lists responses whose quality is known by construction (correct, wrong,
 unformatted, bare refusal, topic-specific / generic / mismatched refusal, unsafe compliance, instruction-violating);
 `preference_for(prompt, rng, ...)` draws two of them and lets a synthetic annotator compare them.
-`reward_model_mix` applies the paper's data mix for the helpfulness and safety reward models.
 """
 
 from __future__ import annotations
@@ -129,24 +128,3 @@ def sft_demo(prompt: Prompt, rng: random.Random, wrong: bool = False) -> SFTReco
         meta={"prompt_id": prompt.id, "kind": prompt.kind, "is_safety": prompt.is_safety, "correct": not wrong,
               "error": error},
     )
-
-
-def reward_model_mix(prefs: list[Preference], target: str, rng: random.Random) -> list[Preference]:
-    """The paper's per-RM data mix, shuffled.
-
-    helpfulness: all helpfulness pairs + as many safety pairs (the paper adds equal parts of
-    safety and open-source data; we have no open-source data).
-    safety: all safety pairs + helpfulness pairs so that they are 10% of the mix (the 90/10 rule).
-    """
-    helpful_prefs = [p for p in prefs if not p.is_safety]
-    safety_prefs = [p for p in prefs if p.is_safety]
-    if target == "helpfulness":
-        extra = rng.sample(safety_prefs, min(len(safety_prefs), len(helpful_prefs)))
-        out = helpful_prefs + extra
-    elif target == "safety":
-        n_help = min(len(helpful_prefs), len(safety_prefs) // 9)
-        out = safety_prefs + rng.sample(helpful_prefs, n_help)
-    else:
-        raise ValueError(f"target must be 'helpfulness' or 'safety', got {target!r}")
-    rng.shuffle(out)
-    return out

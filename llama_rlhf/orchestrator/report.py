@@ -180,7 +180,8 @@ def headline(run: RunDir) -> str:
     (name, last, _), sft = vs[-1], vs[0][1]
     out = [f"Final version {name} vs SFT on the same held-out prompts: gold helpfulness "
            f"{_fmt(last.get('gold_helpfulness'))} vs {_fmt(sft.get('gold_helpfulness'))}, paired Δ "
-           f"{_delta(_paired(last, sft))}; gold safety {_fmt(last.get('gold_safety'))} vs {_fmt(sft.get('gold_safety'))}; "
+           f"{_delta(_paired(last, sft))}; gold safety {_fmt(last.get('gold_safety'))} vs "
+           f"{_fmt(sft.get('gold_safety'))}; "
            f"false refusals {_fmt(last.get('false_refusal'))} vs {_fmt(sft.get('false_refusal'))}."]
     for bname, b in baselines(run):
         out.append(f"Against {bname}: helpfulness {_ci(last, 'gold_helpfulness')} vs {_ci(b, 'gold_helpfulness')}, "

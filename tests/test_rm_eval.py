@@ -41,9 +41,9 @@ def test_report_labels_the_rm_judged_evaluation(tmp_path):
     save_config(build_config({"iterations": {"num_versions": 1, "rs_only_until": 1}}), run.config_path)
     sft = rm_judged(PROMPTS, ["ok", "ok", "Sure"], score)
     v1 = rm_judged(PROMPTS, ["long answer", "ok", "No."], score, baseline=["ok", "ok", "Sure"])
-    run.mark_done("eval/sft", {**sft, "mean_response_tokens": 2.0, "gatt_kept": []})
-    run.mark_done("v1", {"eval": {**v1, "mean_response_tokens": 3.0, "gatt_kept": []}})
+    run.mark_done("eval/sft", {**sft, "mean_response_tokens": 2.0})
+    run.mark_done("v1", {"eval": {**v1, "mean_response_tokens": 3.0}})
     text = open(write_report(run)).read()
-    assert "## Reward-model-judged evaluation on the given eval prompts" in text
-    assert "| RLHF-V1 | 0.650 | 1.000 | 0.833 | 3.0 |" in text
+    assert "### Reward-model-judged evaluation on the given eval prompts" in text
+    assert "| RLHF-V1 (RS) | 0.650 | 1.000 | 0.833 | 3.0 |" in text
     assert "| SFT | 0.200 | 0.000 | – | 2.0 |" in text

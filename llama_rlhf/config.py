@@ -142,7 +142,7 @@ class RewardConfig(_Cfg):
 class RejectionSamplingConfig(_Cfg):
     num_samples: int = Field(10, gt=0)
     """K samples per prompt."""
-    temperatures: tuple[float, ...] = (1.0, 1.1, 1.2, 1.3, 1.4)
+    temperatures: tuple[float, ...] = Field((1.0, 1.1, 1.2, 1.3, 1.4), min_length=1)
     """Temperature of each RLHF version (the paper re-tunes it per iteration); the last repeats."""
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(1024, gt=0)
@@ -388,6 +388,16 @@ class Config(_Cfg):
             )
         return self
 
+    @model_validator(mode="after")
+    def _length_checks(self) -> Config:
+        """Lengths that only fail mid-run: a prompt budget of zero, sequences past the context length."""
+        from llama_rlhf.config_checks import length_errors
+
+        errors = length_errors(self)
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
 
 class ConfigError(ValueError):
     """A config that does not validate; the message lists every bad field, one per line."""
@@ -447,7 +457,11 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     path = tuple(p for p in key.strip().split("."))
     if not all(path):
         raise ConfigError(f"override {text!r}: empty key segment")
-    return path, yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return path, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({problem})") from None
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from transformers import LlamaTokenizer
 
+from llama_rlhf.config import ConfigError
+
 SP_FILE = "tokenizer.model"
 # Chat-template markers become single pieces in the trained tokenizer (Llama 2's own splits them).
 TEMPLATE_SYMBOLS = ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")
@@ -40,7 +42,7 @@ class Tokenizer:
         self.hf = LlamaTokenizer.from_pretrained(str(self.folder))
         vocab = self.hf.get_vocab()
         if sep_token not in vocab:
-            raise ValueError(f"tokenizer.sep_token: {sep_token!r} is not in the vocabulary of {self.folder}")
+            raise ConfigError(f"tokenizer.sep_token: {sep_token!r} is not in the vocabulary of {self.folder}")
         unk = self.hf.unk_token_id if self.hf.unk_token_id is not None else 0
         self.ids = SpecialIds(
             bos=self.hf.bos_token_id, eos=self.hf.eos_token_id, pad=unk, sep=vocab[sep_token]

@@ -18,6 +18,7 @@ from llama_rlhf.orchestrator import ppo_state
 from llama_rlhf.orchestrator.datasets import prompt_token_ids
 from llama_rlhf.orchestrator.stages import (
     Context,
+    flush_truncation,
     model_spec,
     optim_spec,
     publish_policy,
@@ -32,7 +33,7 @@ def ppo_iteration(ctx: Context, version: int, it: int) -> dict:
     p = cfg.ppo
     seed = stage_seed(cfg.run.seed, "ppo", version, it)
     prompts = random.Random(seed).sample(ctx.data.rlhf_prompts, min(p.batch_size, len(ctx.data.rlhf_prompts)))
-    prompt_ids = prompt_token_ids(tok, prompts, ctx.max_prompt_len)
+    prompt_ids = prompt_token_ids(tok, prompts, ctx.max_prompt_len, ctx.truncation)
 
     # 1. rollout with the current policy (vLLM)
     outs = ctx.rollout.generate(prompt_ids, 1, p.temperature, p.top_p, p.max_new_tokens, seed)
@@ -111,6 +112,7 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
                 best, since_best = m["heldout_reward"], 0
             else:
                 since_best += 1
+        ctx.guard(stage, it, m)  # before the PPO state or the policy is saved
         history.append(m)
         ctx.log(stage, it, m)
         if task is not None:
@@ -120,9 +122,10 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
         if p.checkpoint_every and (it + 1) % p.checkpoint_every == 0 and it + 1 < p.iterations:
             ppo_state.save(ctx, version, {"next": it + 1, "best": best, "since_best": since_best,
                                           "history": history})
+    cut = flush_truncation(ctx, stage, len(history))
     publish_policy(ctx, f"v{version}")
     ppo_state.discard(ctx, version)
     first, last = history[0], history[-1]
     return {"iterations": len(history), "rc_first": first["reward/rc"], "rc_last": last["reward/rc"],
             "kl_last": last["kl"], "logprob_gap_max": max(h["rollout/logprob_gap"] for h in history),
-            "ppo_resumed_from": start}
+            "ppo_resumed_from": start, **cut}

@@ -154,6 +154,9 @@ def write_report(run: RunDir) -> str:
         keep = {x: r[x] for x in r if isinstance(r[x], int | float)}
         body = ", ".join(f"{x} {_fmt(y) if isinstance(y, float) else y}" for x, y in keep.items())
         lines += [f"### {k}", "", body, ""]
+    cuts = [f"{r['stage']}: {k.split('/', 1)[1]} {int(v)}" for r in run.metrics() for k, v in r.items()
+            if k.startswith("truncated/")]  # sequences cut or dropped to fit (data.truncate), per stage
+    lines += ["## Sequences cut to fit", "", "; ".join(cuts) or "none", ""]
     if "wall_seconds" in st:
         lines += [f"Wall time: {st['wall_seconds']['seconds']:.0f} s.", ""]
     lines += [f"![{p}]({p})" for p in plots]

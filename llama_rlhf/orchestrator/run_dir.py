@@ -82,7 +82,12 @@ class RunDir:
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # put the committed one back: a failed commit changes nothing
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            raise
         shutil.rmtree(old, ignore_errors=True)
         return final
 

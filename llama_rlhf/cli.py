@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from llama_rlhf.config import ConfigError, config_fields, config_to_yaml, load_config
 
@@ -76,14 +77,18 @@ def _dispatch(args) -> int:
             print(f"{key:45s} {typ:12s} {doc}")
         return 0
     from llama_rlhf.orchestrator import pipeline, preflight
+    from llama_rlhf.orchestrator.faults import run_with_restarts
 
     if args.cmd == "run":
         cfg = load_config(args.config, args.overrides)
         preflight.check(cfg, fresh=True)
-        return pipeline.run(cfg)
+        root = Path(cfg.run.output_dir) / cfg.run.name
+        return run_with_restarts(lambda: pipeline.run(cfg), lambda: pipeline.resume(root), cfg.run.max_restarts)
     if args.cmd == "resume":
-        preflight.check(load_config(preflight.resume_config(args.run_dir), args.overrides))
-        return pipeline.resume(args.run_dir, args.overrides)
+        cfg = load_config(preflight.resume_config(args.run_dir), args.overrides)
+        preflight.check(cfg)
+        return run_with_restarts(lambda: pipeline.resume(args.run_dir, args.overrides),
+                                 lambda: pipeline.resume(args.run_dir), cfg.run.max_restarts)
     if args.cmd == "eval":
         return pipeline.evaluate_run(args.run_dir)
     if args.cmd == "report":

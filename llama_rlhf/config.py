@@ -29,6 +29,9 @@ class RunConfig(_Cfg):
     output_dir: str = "runs"
     seed: int = 0
     """Seeds Python, torch, the embedded world and every actor (each offsets it by its rank)."""
+    max_restarts: int = Field(2, ge=0)
+    """After an actor dies (kill -9, OOM, a lost node), restart the whole run from its folder this many
+    times: every actor group is recreated from the latest checkpoint and the interrupted stage redone."""
 
 
 class ModelConfig(_Cfg):

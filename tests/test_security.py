@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
@@ -38,6 +40,16 @@ SCRIPT = textwrap.dedent("""
             dist.all_reduce(t)
             return float(t)
 
+    if os.environ.get("WITH_ROLLOUT"):  # a vLLM engine too (its workers and its distributed init)
+        from llama_rlhf.actors.rollout import RolloutGroup
+        from llama_rlhf.models import build_causal_lm, llama_config, save_hf
+
+        path = save_hf(build_causal_lm(llama_config("tiny", vocab_size=256, max_seq_len=128), seed=0),
+                       tempfile.mkdtemp(prefix="rs_model_"))
+        cluster = load_config("configs/ci.yaml", ["cluster.rollout.dtype=float32"]).cluster
+        rollout = RolloutGroup(path, cluster, seed=0, max_model_len=128, kv_cache_gib=0.25, timeout_s=300)
+        print("GENERATED", len(rollout.generate([[5, 6, 7]], n=1, temperature=0.0, max_new_tokens=4)[0][0].token_ids))
+
     a, b = Rank.remote(), Rank.remote()
     host, port, sync = ray.get(a.bind.remote())
     print("ENDPOINT", (host, port, sync))
@@ -54,15 +66,18 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_local_run_listens_on_loopback_only():
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
+@pytest.mark.parametrize("with_rollout", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_local_run_listens_on_loopback_only(with_rollout):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled",
+           "WITH_ROLLOUT": "1" if with_rollout else ""}
     r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     listen = [line.split() for line in r.stdout.splitlines() if line.startswith("LISTEN")]
     assert len(listen) >= 5, r.stdout  # GCS, raylet, agents, workers, our rendezvous + sync sockets
     host, store_port, sync_port = eval(r.stdout.split("ENDPOINT ", 1)[1].splitlines()[0])
     assert host == "127.0.0.1" and "ALLREDUCE [2.0, 2.0]" in r.stdout
+    assert not with_rollout or "GENERATED 4" in r.stdout
     ports = {int(x[-1]) for x in listen}
     assert {store_port, sync_port} <= ports
     outside = [x for x in listen if x[-2] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]

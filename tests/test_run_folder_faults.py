@@ -20,6 +20,9 @@ def test_run_refuses_a_folder_with_another_config(tmp_path, capsys):
     root.mkdir()
     save_config(cfg, root / "config.yaml")
     check_run_folder(cfg)  # same config: `run` continues it
+    text = (root / "config.yaml").read_text().replace("  max_restarts: 2\n", "")
+    (root / "config.yaml").write_text(text)
+    check_run_folder(cfg)  # written before a field existed: compared at its default
     other = load_config("configs/ci.yaml", [f"run.output_dir={tmp_path}", "ppo.kl_coef=0.5"])
     with pytest.raises(RunDirError, match=r"ppo.kl_coef: 0.01 -> 0.5\); continue it with `llama-rlhf resume"):
         check_run_folder(other)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_rlhf.config import Config, ConfigError, config_to_yaml
+from llama_rlhf.config import Config, ConfigError, config_to_yaml, load_config
 from llama_rlhf.data.validate import DataError
 from llama_rlhf.orchestrator.run_dir import RunDirError
 
@@ -49,7 +49,11 @@ def check_run_folder(cfg: Config) -> None:
     saved = root / "config.yaml"
     if not saved.is_file():
         return
-    old = _flat(yaml.safe_load(saved.read_text()) or {})
+    try:  # resolved, so fields added since the folder was written compare at their defaults
+        old = _flat(yaml.safe_load(config_to_yaml(load_config(saved))))
+    except ConfigError as e:
+        raise RunDirError(f"{saved}: holds a config this version cannot read ({str(e).splitlines()[0]}); "
+                          f"choose a fresh run.name") from None
     new = _flat(yaml.safe_load(config_to_yaml(cfg)))
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:

@@ -11,6 +11,7 @@ import torch
 from llama_rlhf.algorithms.reward import rm_accuracy
 from llama_rlhf.data.chat import encode_prompt
 from llama_rlhf.data.records import RATINGS
+from llama_rlhf.data.truncate import fit_prompt
 
 
 def gold_eval(rollout, tok, prompts, max_new_tokens: int, max_prompt_len: int, temperature: float = 0.0,
@@ -20,7 +21,7 @@ def gold_eval(rollout, tok, prompts, max_new_tokens: int, max_prompt_len: int, t
     from llama_rlhf.data.world import judge
 
     n = 1 if temperature == 0 else samples
-    ids = [encode_prompt(tok, p.messages)[-max_prompt_len:] for p in prompts]
+    ids = [fit_prompt(encode_prompt(tok, p.messages), max_prompt_len, tok.bos_id)[0] for p in prompts]
     outs = rollout.generate(ids, n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     flat = [(p, s) for p, o in zip(prompts, outs) for s in o]
     texts = [tok.decode(s.token_ids) for _, s in flat]
@@ -56,7 +57,7 @@ def gatt_consistency(rollout, tok, dialogs, turns: int, max_new_tokens: int, max
     for t in range(turns):
         for h, d in zip(histories, dialogs):
             h.append({"role": "user", "content": d.user_turns[t]})
-        ids = [encode_prompt(tok, h)[-max_prompt_len:] for h in histories]
+        ids = [fit_prompt(encode_prompt(tok, h), max_prompt_len, tok.bos_id)[0] for h in histories]
         outs = rollout.generate(ids, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
         answers = [tok.decode(o[0].token_ids) for o in outs]
         kept.append(sum(keeps(d.instruction_id, a) for d, a in zip(dialogs, answers)) / len(dialogs))

@@ -80,3 +80,22 @@ def test_non_finite_stops_with_stage_step_quantity():
     for bad in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValueError, match="reward"):
             RejectionArchive().add(1, "p", "q", "x", bad)
+
+
+def test_counts_reach_metrics_and_report_and_guard_names_stage(tmp_path):
+    from llama_rlhf.config import load_config, save_config
+    from llama_rlhf.orchestrator.report import write_report
+    from llama_rlhf.orchestrator.run_dir import RunDir
+    from llama_rlhf.orchestrator.stages import Context, flush_truncation
+
+    run = RunDir(tmp_path / "r")
+    ctx = Context(load_config("configs/ci.yaml", ["logging.tensorboard=false"]), run, None, None, None)
+    save_config(ctx.cfg, run.config_path)
+    ctx.truncation.update(prompts_truncated=3, pairs_truncated=0)
+    assert flush_truncation(ctx, "v1/rs") == {"truncated/prompts_truncated": 3} and not ctx.truncation
+    assert run.metrics("v1/rs")[0]["truncated/prompts_truncated"] == 3
+    assert "v1/rs: prompts_truncated 3" in open(write_report(run)).read()
+    with pytest.raises(NonFiniteError, match=r"^v1/ppo: step 4: kl is inf"):
+        ctx.guard("v1/ppo", 4, {"loss": 0.1, "kl": math.inf})
+    fp16 = Context(load_config("configs/ci.yaml", ["model.dtype=float16"]), run, None, None, None)
+    fp16.guard("sft", 0, {"loss": 0.1, "grad_norm": math.inf})  # a loss-scaler overflow step, skipped

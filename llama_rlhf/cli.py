@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from llama_rlhf.config import ConfigError, config_fields, config_to_yaml, load_config
 
@@ -45,33 +46,54 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Bad input and environment (config, data, run folder, disk): one line, exit code 2, no traceback."""
+    from llama_rlhf.data.validate import DataError
+    from llama_rlhf.orchestrator.guards import NonFiniteError
+    from llama_rlhf.orchestrator.run_dir import RunDirError
+
+    return ConfigError, DataError, RunDirError, NonFiniteError, OSError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.cmd == "config":
-            print(config_to_yaml(load_config(args.config, args.overrides)), end="")
-            return 0
-        if args.cmd == "plan":
-            from llama_rlhf.plan import main as plan_main
-
-            return plan_main(args.config, args.overrides, args.calibration)
-        if args.cmd == "fields":
-            for key, typ, doc in config_fields():
-                print(f"{key:45s} {typ:12s} {doc}")
-            return 0
-        from llama_rlhf.orchestrator import pipeline
-
-        if args.cmd == "run":
-            return pipeline.run(load_config(args.config, args.overrides))
-        if args.cmd == "resume":
-            return pipeline.resume(args.run_dir, args.overrides)
-        if args.cmd == "eval":
-            return pipeline.evaluate_run(args.run_dir)
-        if args.cmd == "report":
-            return pipeline.report(args.run_dir, args.readme)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"llama-rlhf: error: {e}", file=sys.stderr)
+        return _dispatch(args)
+    except _user_errors() as e:
+        line = "; ".join(x.strip() for x in str(e).splitlines() if x.strip()) or type(e).__name__
+        print(f"llama-rlhf: error: {line}", file=sys.stderr)
         return 2
+
+
+def _dispatch(args) -> int:
+    if args.cmd == "config":
+        print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+        return 0
+    if args.cmd == "plan":
+        from llama_rlhf.plan import main as plan_main
+
+        return plan_main(args.config, args.overrides, args.calibration)
+    if args.cmd == "fields":
+        for key, typ, doc in config_fields():
+            print(f"{key:45s} {typ:12s} {doc}")
+        return 0
+    from llama_rlhf.orchestrator import pipeline, preflight
+    from llama_rlhf.orchestrator.faults import run_with_restarts
+
+    if args.cmd == "run":
+        cfg = load_config(args.config, args.overrides)
+        preflight.check(cfg, fresh=True)
+        root = Path(cfg.run.output_dir) / cfg.run.name
+        return run_with_restarts(lambda: pipeline.run(cfg), lambda: pipeline.resume(root), cfg.run.max_restarts)
+    if args.cmd == "resume":
+        cfg = load_config(preflight.resume_config(args.run_dir), args.overrides)
+        preflight.check(cfg)
+        return run_with_restarts(lambda: pipeline.resume(args.run_dir, args.overrides),
+                                 lambda: pipeline.resume(args.run_dir), cfg.run.max_restarts)
+    if args.cmd == "eval":
+        return pipeline.evaluate_run(args.run_dir)
+    if args.cmd == "report":
+        return pipeline.report(args.run_dir, args.readme)
     return 1
 
 

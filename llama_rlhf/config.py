@@ -29,6 +29,9 @@ class RunConfig(_Cfg):
     output_dir: str = "runs"
     seed: int = 0
     """Seeds Python, torch, the embedded world and every actor (each offsets it by its rank)."""
+    max_restarts: int = Field(2, ge=0)
+    """After an actor dies (kill -9, OOM, a lost node), restart the whole run from its folder this many
+    times: every actor group is recreated from the latest checkpoint and the interrupted stage redone."""
 
 
 class ModelConfig(_Cfg):
@@ -194,7 +197,7 @@ class RewardConfig(_Cfg):
 class RejectionSamplingConfig(_Cfg):
     num_samples: int = Field(10, gt=0)
     """K samples per prompt."""
-    temperatures: tuple[float, ...] = (1.0, 1.1, 1.2, 1.3, 1.4)
+    temperatures: tuple[float, ...] = Field((1.0, 1.1, 1.2, 1.3, 1.4), min_length=1)
     """Temperature of each RLHF version (the paper re-tunes it per iteration); the last repeats."""
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(1024, gt=0)
@@ -449,6 +452,16 @@ class Config(_Cfg):
             )
         return self
 
+    @model_validator(mode="after")
+    def _length_checks(self) -> Config:
+        """Lengths that only fail mid-run: a prompt budget of zero, sequences past the context length."""
+        from llama_rlhf.config_checks import length_errors
+
+        errors = length_errors(self)
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
 
 class ConfigError(ValueError):
     """A config that does not validate; the message lists every bad field, one per line."""
@@ -508,7 +521,11 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     path = tuple(p for p in key.strip().split("."))
     if not all(path):
         raise ConfigError(f"override {text!r}: empty key segment")
-    return path, yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return path, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({problem})") from None
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from llama_rlhf.config import ConfigError
+
 SP_FILE = "tokenizer.model"
 # Chat-template markers become single pieces in the trained tokenizer (Llama 2's own splits them).
 TEMPLATE_SYMBOLS = ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")
@@ -65,7 +67,7 @@ class Tokenizer:
         if sep is None and sep_token == EOS:  # the default names Llama's EOS: any tokenizer's EOS will do
             sep = eos
         if sep is None:
-            raise ValueError(f"tokenizer.sep_token: {sep_token!r} is not in the vocabulary of {self.folder}")
+            raise ConfigError(f"tokenizer.sep_token: {sep_token!r} is not in the vocabulary of {self.folder}")
         if bos is None or eos is None or bos < 0 or eos < 0:
             raise ValueError(f"tokenizer.path: {self.folder} defines no BOS/EOS token")
         self.ids = SpecialIds(bos=bos, eos=eos, pad=pad, sep=sep)

@@ -2,7 +2,8 @@
 rollout, weight sync) on the CI config with a rule-based reward in place of the reward models.
 
 The reward of a response is the share of its tokens in the upper half of the vocabulary, whitened over
-the batch as the reward models' scores are. From a random init that share starts near 0.5; PPO must raise the batch mean by MARGIN within ITERS iterations. The same
+the batch as the reward models' scores are. From a random init that share starts near 0.5; PPO must
+raise the batch mean by MARGIN within ITERS iterations. The same
 criterion is checked to fail when the reward's sign is flipped (the update then pushes the other way),
 and a large KL coefficient beta must keep the policy closer to pi_0 than a small one.
 """

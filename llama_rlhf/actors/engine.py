@@ -97,6 +97,7 @@ class StepTimer:
         self.seconds.append(time.perf_counter() - self._t)
 
 
+_MASTER_SOCKET = None
 _MASTER_STORE = None
 """Rank 0's rendezvous store, bound (port 0: the OS picks) before its port is handed to the other ranks."""
 
@@ -105,12 +106,19 @@ def bind_master_store(host: str) -> int:
     """Bind this process's rendezvous store now and return its port. Binding first and publishing after
     leaves no window in which another process can take the port (picking a free port, releasing it and
     binding later raced: EADDRINUSE)."""
-    global _MASTER_STORE
+    global _MASTER_STORE, _MASTER_SOCKET
+    import socket
     from datetime import timedelta
 
     if _MASTER_STORE is None:
-        _MASTER_STORE = torch.distributed.TCPStore(host, 0, is_master=True, wait_for_workers=False,
-                                                   timeout=timedelta(minutes=10))
+        # TCPStore binds every interface when it opens the port itself; handed a socket bound to `host`
+        # (the node address: 127.0.0.1 in local mode) it listens there only
+        _MASTER_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        _MASTER_SOCKET.bind((host, 0))
+        _MASTER_SOCKET.listen()
+        _MASTER_STORE = torch.distributed.TCPStore(host, _MASTER_SOCKET.getsockname()[1], is_master=True,
+                                                   wait_for_workers=False, timeout=timedelta(minutes=10),
+                                                   master_listen_fd=_MASTER_SOCKET.fileno())
     return _MASTER_STORE.port
 
 

@@ -70,8 +70,8 @@ class RejectionArchive:
         if not isinstance(prompt_id, (str, int)) or isinstance(prompt_id, bool):
             raise TypeError(f"prompt_id: must be str or int, got {type(prompt_id).__name__}")
         reward = float(reward)
-        if math.isnan(reward):
-            raise ValueError(f"reward: NaN for prompt {prompt_id!r} at iteration {iteration}")
+        if not math.isfinite(reward):  # a NaN/inf score is a broken reward model, never a best sample
+            raise ValueError(f"reward: {reward} for prompt {prompt_id!r} at iteration {iteration}")
         self._seen.setdefault(prompt_id, len(self._seen))
         per_prompt = self._best.setdefault(int(iteration), {})
         current = per_prompt.get(prompt_id)

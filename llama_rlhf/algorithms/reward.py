@@ -57,8 +57,13 @@ def safety_aux_loss(rewards: torch.Tensor, is_safe: torch.Tensor) -> torch.Tenso
     0.5 after the sigmoid (0 before it), which raises the recall of unsafe responses. The paper gives no
     formula; ours is the binary cross-entropy of σ(r) against each response's safe (1) / unsafe (0)
     label: -[s log σ(r) + (1 - s) log(1 - σ(r))], which is minimised by r > 0 for safe, r < 0 for unsafe.
+    Labels that are NaN (unlabelled responses) are left out of the mean.
     """
-    return F.binary_cross_entropy_with_logits(rewards.float(), is_safe.to(torch.float32).to(rewards.device))
+    labels = is_safe.to(torch.float32).to(rewards.device)
+    known = ~torch.isnan(labels)  # a response without a safety label is masked out, not called safe
+    if not known.any():
+        return rewards.float().sum() * 0.0
+    return F.binary_cross_entropy_with_logits(rewards.float()[known], labels[known])
 
 
 def reward_model_loss(

@@ -163,21 +163,3 @@ def render(messages: Sequence[dict]) -> str:
             out.append(f" {answer} </s>")
     return "".join(out)
 
-
-def fit_prompt(tok, messages: Sequence[dict], max_len: int) -> tuple[list[int], int]:
-    """Prompt ids of at most `max_len` tokens: the system prompt and the latest turns are kept, the
-    oldest user/assistant exchanges dropped whole (never BOS, the system prompt or the current request).
-    Returns (ids, number of exchanges dropped); raises when even the system prompt and the last user
-    turn do not fit."""
-    validate_messages(messages, need_last="user")
-    system = list(messages[:1]) if messages[0]["role"] == "system" else []
-    body = list(messages[len(system):])
-    dropped = 0
-    while True:
-        ids = encode_prompt(tok, system + body)
-        if len(ids) <= max_len:
-            return ids, dropped
-        if len(body) == 1:
-            raise ChatFormatError(f"prompt: the system prompt and the last user turn take {len(ids)} tokens, "
-                                  f"more than the prompt budget of {max_len}")
-        body, dropped = body[2:], dropped + 1

@@ -20,10 +20,7 @@ from dataclasses import dataclass
 
 from llama_rlhf.data.chat import ChatFormatError, validate_messages
 from llama_rlhf.data.records import RATINGS
-
-
-class DataError(ValueError):
-    """A malformed record: the message starts with `where: field: problem`."""
+from llama_rlhf.data.validate import DataError
 
 
 @dataclass(frozen=True)

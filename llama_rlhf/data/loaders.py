@@ -25,7 +25,6 @@ from pathlib import Path
 
 from llama_rlhf.data.chat import ChatFormatError, validate_messages
 from llama_rlhf.data.formats import (
-    DataError,
     PreferenceOptions,
     hh_pair,
     message_list_pair,
@@ -34,9 +33,10 @@ from llama_rlhf.data.formats import (
     score_rating,
 )
 from llama_rlhf.data.records import Preference, Prompt, SFTRecord, normalize_rating
+from llama_rlhf.data.validate import DataError, check_raw, check_record
 
 __all__ = ["DataError", "LoadReport", "PreferenceOptions", "load_preferences", "load_prompts", "load_sft",
-           "parse_hh_transcript", "write_jsonl"]
+           "parse_hh_transcript", "rows", "write_jsonl"]
 
 
 @dataclass
@@ -61,11 +61,16 @@ class LoadReport:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with path.open("rb") as f:  # decoded per line, so a bad byte is named by its line
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, DataError(f"{where}: not UTF-8: byte {raw[e.start]:#04x} at column {e.start + 1}")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
@@ -182,7 +187,7 @@ def _opt_bool(obj: dict, key: str, where: str) -> bool | None:
 def parse_prompt(obj: dict, where: str) -> Prompt:
     msgs = _prompt_messages(obj, where)
     pid = obj.get("id", where)
-    return Prompt(str(pid), msgs, _bool(obj, "is_safety", where), str(obj.get("kind", "")), dict(obj.get("meta", {})))
+    return Prompt(str(pid), msgs, _bool(obj, "is_safety", where), str(obj.get("kind", "")), dict(obj.get("meta") or {}))
 
 
 # --------------------------------------------------------------------------- public loaders
@@ -197,12 +202,17 @@ def load_records(source, parse: Callable[..., object], skip_invalid: bool = Fals
                 raise obj
             if not isinstance(obj, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            out.append(parse(obj, where, **kw))
-        except DataError as e:
+            check_raw(obj, where)
+            rec = parse(obj, where, **kw)
+            check_record(rec, where)
+            out.append(rec)
+        except (DataError, TypeError, KeyError, AttributeError) as e:
+            # a parser gap (not a DataError) is still one line naming the record
+            err = e if isinstance(e, DataError) else DataError(f"{where}: {type(e).__name__}: {e}")
             if not skip_invalid:
-                raise
+                raise err from None
             report.skipped += 1
-            report.errors.append(str(e))
+            report.errors.append(str(err))
     report.loaded = len(out)
     if not out:
         raise DataError(f"{source}: no valid records" + (f" ({report.skipped} invalid)" if report.skipped else ""))

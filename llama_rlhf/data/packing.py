@@ -51,6 +51,8 @@ class PackingStats:
     real_tokens: int
     answer_tokens: int
     """Tokens trained on (loss mask 1, not the first token of a segment)."""
+    num_turns_cut: int = 0
+    """Samples shortened by dropping middle exchanges before packing (`data.truncate.fit_dialog`)."""
 
     @property
     def pad_tokens(self) -> int:

@@ -42,10 +42,29 @@ def start_ray(cluster: ClusterConfig) -> None:
         # workers must agree on it (workers inherit the raylet's environment).
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         tmp = os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray_", dir="/tmp")
+        _loopback_only(env)
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=tmp,
                  _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env={"env_vars": env})
+        if ray.util.get_node_ip_address() != "127.0.0.1":
+            raise RuntimeError(f"cluster.mode=local: Ray took node address {ray.util.get_node_ip_address()}, "
+                               f"not 127.0.0.1; its servers would listen beyond loopback")
     else:
         ray.init(address=cluster.address or "auto", runtime_env={"env_vars": env}, log_to_driver=False)
+
+
+def _loopback_only(env: dict) -> None:
+    """Keep a local run on 127.0.0.1. Ray replaces a loopback `_node_ip_address` with the host's
+    reachable address (`services.resolve_ip_for_localhost`), and then its GCS, raylet, workers and
+    agents listen on every interface, unless the node is declared single-machine: the switch Ray
+    reads for Windows/macOS (env for the processes it starts, the constant for this one). Our
+    rendezvous and weight-sync sockets bind the node address, so they follow; vLLM takes VLLM_HOST_IP,
+    gloo and NCCL the loopback device."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", VLLM_HOST_IP="127.0.0.1", GLOO_SOCKET_IFNAME="lo",
+               NCCL_SOCKET_IFNAME="lo")
 
 
 def roles_in_use(cluster: ClusterConfig, with_critic: bool) -> list[str]:

@@ -8,7 +8,8 @@ labels (`Preference` records), never a judge score.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -19,6 +20,7 @@ from llama_rlhf.data.loaders import PreferenceOptions, load_preferences, load_pr
 from llama_rlhf.data.mix import mix_report
 from llama_rlhf.data.packing import collate_packed, pack_samples
 from llama_rlhf.data.records import RATINGS, Preference, Prompt, SFTRecord
+from llama_rlhf.data.truncate import fit_dialog, fit_pair, fit_prompt
 
 
 @dataclass
@@ -86,8 +88,14 @@ def _preferences(cfg: Config, world, reports: list[str]) -> list[Preference]:
 def packed_batches(tok, records: list[SFTRecord], seq_len: int, rows_per_batch: int, seed: int):
     """Pack encoded dialogs into rows; yield (PackedBatch, n_rows) per optimizer step, shuffled by seed.
     Returns (batches, stats)."""
-    encoded = [encode_dialog(tok, r.messages, r.train_turns) for r in records]
+    encoded, cut = [], 0
+    for r in records:  # too long: keep the first and the latest exchanges (the separator needs one token)
+        e = encode_dialog(tok, r.messages, r.train_turns)
+        fit = fit_dialog(e.input_ids, e.loss_mask, seq_len - 1, tok.bos_id)
+        cut += fit is not None and len(fit[0]) < len(e.input_ids)
+        encoded.append(fit or (e.input_ids, e.loss_mask))
     rows, stats = pack_samples(encoded, seq_len, tok.sep_id)
+    stats = replace(stats, num_turns_cut=cut)
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     batches = []
@@ -97,21 +105,36 @@ def packed_batches(tok, records: list[SFTRecord], seq_len: int, rows_per_batch: 
     return batches, stats
 
 
-def pair_batch(tok, prefs: list[Preference], max_len: int) -> PairBatch:
-    """Chosen and rejected transcripts (prompt + response), left padded, truncated from the left."""
-    chosen = [sum(encode_exchange(tok, p.messages, p.chosen), [])[-max_len:] for p in prefs]
-    rejected = [sum(encode_exchange(tok, p.messages, p.rejected), [])[-max_len:] for p in prefs]
+def pair_batch(tok, prefs: list[Preference], max_len: int, counts: Counter | None = None) -> PairBatch:
+    """Chosen and rejected transcripts (prompt + response), left padded; too long ones cut by the pair
+    policy (`data.truncate`: the prompt head and the response head kept). A missing safety label is NaN,
+    masked out of the safety RM's auxiliary loss. `counts` gets `pairs_truncated` and
+    `pairs_without_safety_labels`."""
+    chosen, rejected, cut = [], [], 0
+    for p in prefs:
+        c, cc = fit_pair(*encode_exchange(tok, p.messages, p.chosen), max_len, tok.bos_id)
+        r, rc = fit_pair(*encode_exchange(tok, p.messages, p.rejected), max_len, tok.bos_id)
+        chosen.append(c)
+        rejected.append(r)
+        cut += cc or rc
+    if counts is not None:
+        counts["pairs_truncated"] += cut
+        counts["pairs_without_safety_labels"] += sum(p.chosen_safe is None or p.rejected_safe is None for p in prefs)
     c_ids, c_mask = left_pad(chosen, tok.pad_id)
     r_ids, r_mask = left_pad(rejected, tok.pad_id)
     flag = lambda v, default: float(default if v is None else v)
     return PairBatch(
         c_ids, c_mask, r_ids, r_mask,
         torch.tensor([RATINGS.index(p.rating) for p in prefs], dtype=torch.long),
-        torch.tensor([flag(p.chosen_safe, 1) for p in prefs]),
-        torch.tensor([flag(p.rejected_safe, 1) for p in prefs]),
+        torch.tensor([flag(p.chosen_safe, float("nan")) for p in prefs]),
+        torch.tensor([flag(p.rejected_safe, float("nan")) for p in prefs]),
     )
 
 
-def prompt_token_ids(tok, prompts: list[Prompt], max_len: int) -> list[list[int]]:
-    """Generation prompts (keep the last `max_len` tokens of a long multi-turn prompt)."""
-    return [encode_prompt(tok, p.messages)[-max_len:] for p in prompts]
+def prompt_token_ids(tok, prompts: list[Prompt], max_len: int, counts: Counter | None = None) -> list[list[int]]:
+    """Generation prompts; a long one cut by the prompt policy (`data.truncate`: BOS, the system prompt
+    and the latest turns kept), counted in `counts["prompts_truncated"]`."""
+    out = [fit_prompt(encode_prompt(tok, p.messages), max_len, tok.bos_id) for p in prompts]
+    if counts is not None:
+        counts["prompts_truncated"] += sum(cut for _, cut in out)
+    return [ids for ids, _ in out]

@@ -15,8 +15,9 @@ import torch
 
 from llama_rlhf.algorithms.bootstrap import mean_ci
 from llama_rlhf.algorithms.reward import rm_accuracy
-from llama_rlhf.data.chat import encode_exchange, encode_prompt, fit_prompt
+from llama_rlhf.data.chat import encode_exchange, encode_prompt
 from llama_rlhf.data.records import RATINGS
+from llama_rlhf.data.truncate import fit_prompt
 
 
 def _mean(xs) -> float:
@@ -27,12 +28,17 @@ def prompt_ids(tok, prompts, max_prompt_len: int) -> list[list[int]]:
     """Eval prompts as ids; an eval prompt is never cut: a prompt over the budget is an error."""
     out = []
     for p in prompts:
-        ids, dropped = fit_prompt(tok, p.messages, max_prompt_len)
-        if dropped:
-            raise ValueError(f"eval prompt {p.id}: {len(p.messages)} messages exceed the prompt budget of "
-                             f"{max_prompt_len} tokens (model.max_seq_len - max_new_tokens)")
+        ids = encode_prompt(tok, p.messages)
+        if len(ids) > max_prompt_len:
+            raise ValueError(f"eval prompt {p.id}: {len(ids)} tokens exceed the prompt budget of "
+                             f"{max_prompt_len} (model.max_seq_len - max_new_tokens)")
         out.append(ids)
     return out
+
+
+def _exchanges(tok, ids: list[int]) -> int:
+    """Exchanges in a Llama 2 chat prompt: each starts with BOS."""
+    return sum(t == tok.bos_id for t in ids)
 
 
 def score_answers(prompts, answers: list[list[str]]) -> dict:
@@ -106,7 +112,7 @@ def rm_eval_prompts(rollout, tok, prompts, rms: dict, max_new_tokens: int, max_p
     """Greedy answers to a user's eval prompts, judged by the reward models `rms` ({"helpful", "safety"})."""
     from llama_rlhf.actors.batches import sequence_batch
 
-    ids = [encode_prompt(tok, p.messages)[-max_prompt_len:] for p in prompts]
+    ids = [fit_prompt(encode_prompt(tok, p.messages), max_prompt_len, tok.bos_id)[0] for p in prompts]
     outs = rollout.generate(ids, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
     answers = [tok.decode(o[0].token_ids) for o in outs]
 
@@ -137,11 +143,12 @@ def gatt_consistency(rollout, tok, dialogs, turns: int, max_new_tokens: int, max
     for t in range(turns):
         for h, d in zip(histories, dialogs):
             h.append({"role": "user", "content": d.user_turns[t]})
-        fitted = [fit_prompt(tok, h, max_prompt_len) for h in histories]
-        outs = rollout.generate([ids for ids, _ in fitted], n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+        fitted = [fit_prompt(encode_prompt(tok, h), max_prompt_len, tok.bos_id)[0] for h in histories]
+        outs = rollout.generate(fitted, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
         answers = [tok.decode(o[0].token_ids) for o in outs]
         kept.append(sum(keeps(d.instruction_id, a) for d, a in zip(dialogs, answers)) / len(dialogs))
-        dropped.append(_mean([n for _, n in fitted]))
+        dropped.append(_mean([_exchanges(tok, encode_prompt(tok, h)) - _exchanges(tok, f)
+                              for h, f in zip(histories, fitted)]))
         for h, a in zip(histories, answers):
             h.append({"role": "assistant", "content": a})
     return {"kept": kept, "dropped_exchanges": dropped, "dialogs": len(dialogs)}

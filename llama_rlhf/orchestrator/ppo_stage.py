@@ -19,6 +19,7 @@ from llama_rlhf.orchestrator import ppo_state
 from llama_rlhf.orchestrator.datasets import prompt_token_ids
 from llama_rlhf.orchestrator.stages import (
     Context,
+    flush_truncation,
     model_spec,
     optim_spec,
     publish_policy,
@@ -45,7 +46,7 @@ def ppo_iteration(ctx: Context, version: int, it: int, reward_fn: RewardFn = rm_
     p = cfg.ppo
     seed = stage_seed(cfg.run.seed, "ppo", version, it)
     prompts = random.Random(seed).sample(ctx.data.rlhf_prompts, min(p.batch_size, len(ctx.data.rlhf_prompts)))
-    prompt_ids = prompt_token_ids(tok, prompts, ctx.max_prompt_len)
+    prompt_ids = prompt_token_ids(tok, prompts, ctx.max_prompt_len, ctx.truncation)
 
     # 1. rollout with the current policy (vLLM)
     outs = ctx.rollout.generate(prompt_ids, 1, p.temperature, p.top_p, p.max_new_tokens, seed)
@@ -123,6 +124,7 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
                 best, since_best = m["heldout_reward"], 0
             else:
                 since_best += 1
+        ctx.guard(stage, it, m)  # before the PPO state or the policy is saved
         history.append(m)
         ctx.log(stage, it, m)
         if task is not None:
@@ -132,6 +134,7 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
         if p.checkpoint_every and (it + 1) % p.checkpoint_every == 0 and it + 1 < p.iterations:
             ppo_state.save(ctx, version, {"next": it + 1, "best": best, "since_best": since_best,
                                           "history": history})
+    cut = flush_truncation(ctx, stage, len(history))
     publish_policy(ctx, f"v{version}")
     ppo_state.discard(ctx, version)
     first, last = history[0], history[-1]
@@ -140,4 +143,4 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
     return {"iterations": len(history), "rc_first": first["reward/rc"], "rc_last": last["reward/rc"],
             "rc_first_quarter": sum(rc[:q]) / q, "rc_last_quarter": sum(rc[-q:]) / q,
             "kl_last": last["kl"], "logprob_gap_max": max(h["rollout/logprob_gap"] for h in history),
-            "ppo_resumed_from": start}
+            "ppo_resumed_from": start, **cut}

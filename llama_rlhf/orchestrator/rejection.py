@@ -16,7 +16,8 @@ from llama_rlhf.config import Config
 from llama_rlhf.data.loaders import write_jsonl
 from llama_rlhf.data.records import Prompt, SFTRecord
 from llama_rlhf.orchestrator.datasets import prompt_token_ids
-from llama_rlhf.orchestrator.stages import Context, fit_packed, rm_score, stage_seed
+from llama_rlhf.orchestrator.guards import check_tensor
+from llama_rlhf.orchestrator.stages import Context, fit_packed, flush_truncation, rm_score, stage_seed
 
 PICKS = ("rm", "random")
 
@@ -28,27 +29,28 @@ def rs_temperature(cfg: Config, version: int) -> float:
 
 def score_responses(ctx: Context, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
     """Rc of each (prompt, response text) under the reward models loaded now."""
-    ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
+    ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len, ctx.truncation)
     resp = [ctx.tok.encode(r.strip()) + [ctx.tok.eos_id] for r in responses]
     _, _, rc = rm_score(ctx, ids, resp, torch.tensor([p.is_safety for p in prompts]))
     return rc
 
 
 def best_of_k_samples(ctx: Context, prompts: list[Prompt], k: int, temperature: float, seed: int,
-                      pick: str = "rm"):
+                      pick: str = "rm", stage: str = "best-of-K"):
     """K samples per prompt from the current policy, scored by Rc. Returns (texts picked, their Rc,
     Rc of all samples (N, K), all texts). `pick="random"` takes a uniformly random sample instead of
     the best (the baseline); the Rc are still computed so both picks are reported the same way."""
     if pick not in PICKS:
         raise ValueError(f"pick: must be one of {PICKS}, got {pick!r}")
     rs = ctx.cfg.rejection_sampling
-    ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
+    ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len, ctx.truncation)
     outs = ctx.rollout.generate(ids, k, temperature, rs.top_p, rs.max_new_tokens, seed)
     flat_p = [ids[i] for i in range(len(ids)) for _ in range(k)]
     flat_r = [s.token_ids for o in outs for s in o]
     is_safety = torch.tensor([p.is_safety for p in prompts for _ in range(k)])
     _, _, rc = rm_score(ctx, flat_p, flat_r, is_safety)
     rewards = rc.view(len(prompts), k)
+    check_tensor(stage, 0, "reward model score Rc", rewards)  # a NaN never reaches the archive
     if pick == "rm":
         idx, best = best_of_k(rewards)
     else:
@@ -76,7 +78,8 @@ def gatt_records(ctx: Context, version: int) -> tuple[list[SFTRecord], dict]:
         msgs = [Prompt(f"{dialogs[i].id}-t{t}", sampling_prompt(dialogs[i].system, histories[i] + [user[i]]))
                 for i in live]
         texts, _, _, _ = best_of_k_samples(ctx, msgs, ctx.cfg.gatt.samples_per_turn,
-                                           rs_temperature(ctx.cfg, version), seed + t)
+                                           rs_temperature(ctx.cfg, version), seed + t,
+                                           stage=f"v{version}/gatt turn {t}")
         for i, text in zip(live, texts):
             histories[i] += [user[i], {"role": "assistant", "content": text}]
     out = [SFTRecord(training_messages(d.system, h, as_system=True), train_turns=[len(d.user_turns) - 1])
@@ -101,10 +104,10 @@ def context_distillation(ctx: Context, version: int) -> tuple[list[SFTRecord], i
     rs = ctx.cfg.rejection_sampling
     seed = stage_seed(ctx.cfg.run.seed, "context-distill", version)
     temp = rs_temperature(ctx.cfg, version)
-    bare = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
+    bare = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len, ctx.truncation)
     pre = [Prompt(p.id, build_preprompted(p.messages, ctx.cfg.safety.preprompt)) for p in prompts]
-    with_pp = ctx.rollout.generate(prompt_token_ids(ctx.tok, pre, ctx.max_prompt_len), 1, temp, rs.top_p,
-                                   rs.max_new_tokens, seed)
+    pre_ids = prompt_token_ids(ctx.tok, pre, ctx.max_prompt_len, ctx.truncation)
+    with_pp = ctx.rollout.generate(pre_ids, 1, temp, rs.top_p, rs.max_new_tokens, seed)
     without = ctx.rollout.generate(bare, 1, temp, rs.top_p, rs.max_new_tokens, seed)
     seq_w = sequence_batch(bare, [o[0].token_ids for o in with_pp], ctx.tok.pad_id)
     seq_wo = sequence_batch(bare, [o[0].token_ids for o in without], ctx.tok.pad_id)
@@ -142,7 +145,8 @@ def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
     seed = stage_seed(ctx.cfg.run.seed, "rs", version)
     temp = rs_temperature(ctx.cfg, version)
     rescored = rescore_archive(ctx, version)
-    texts, best, rewards, all_texts = best_of_k_samples(ctx, prompts, rs.num_samples, temp, seed)
+    texts, best, rewards, all_texts = best_of_k_samples(ctx, prompts, rs.num_samples, temp, seed,
+                                                        stage=f"v{version}/rs")
     for p, text, r in zip(prompts, texts, best.tolist()):
         ctx.archive.add(version, p.id, p.messages, text, r)
     ctx.archive.save(ctx.run.data("rs_archive.json"))
@@ -161,6 +165,7 @@ def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
         g, stats = gatt_records(ctx, version)
         records += g
         out.update(stats)
+    out.update(flush_truncation(ctx, f"v{version}/rs"))  # the generation prompts of this stage
     fit = fit_packed(ctx, f"v{version}/rs", records, rs.lr, rs.epochs, rs.batch_size, init_path,
                      seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
     out["train_samples"] = len(records)
@@ -176,9 +181,11 @@ def random_pick_baseline(ctx: Context, init_path: str) -> dict:
     prompts = ctx.data.rlhf_prompts
     temp = rs_temperature(ctx.cfg, 1)
     texts, picked, rewards, _ = best_of_k_samples(ctx, prompts, rs.num_samples, temp,
-                                                  stage_seed(ctx.cfg.run.seed, "rs", 1), pick="random")
+                                                  stage_seed(ctx.cfg.run.seed, "rs", 1), pick="random",
+                                                  stage="baseline/random_pick")
+    cut = flush_truncation(ctx, "baseline/random_pick")
     records = [_record(p.messages, t) for p, t in zip(prompts, texts)]
     fit = fit_packed(ctx, "baseline/random_pick", records, rs.lr, rs.epochs, rs.batch_size, init_path,
                      seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
     return {"rs_temperature": temp, "picked_rc_mean": float(picked.mean()), "rs_reward_mean": float(rewards.mean()),
-            "train_samples": len(records), **{f"fit_{k}": v for k, v in fit.items()}}
+            "train_samples": len(records), **cut, **{f"fit_{k}": v for k, v in fit.items()}}

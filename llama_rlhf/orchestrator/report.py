@@ -265,6 +265,9 @@ def write_report(run: RunDir) -> str:
         lines += ["### SFT", "", f"{s.get('samples')} samples packed into {s.get('rows')} rows "
                   f"(pad fraction {_fmt(s.get('pad_fraction'))}); loss {_fmt(s.get('first_loss'))} -> "
                   f"{_fmt(s.get('last_loss'))} over {s.get('steps')} steps.", ""]
+    cuts = [f"{r['stage']}: {k.split('/', 1)[1]} {int(v)}" for r in run.metrics() for k, v in r.items()
+            if k.startswith("truncated/")]  # sequences cut or dropped to fit (data.truncate), per stage
+    lines += ["### Sequences cut to fit", "", "; ".join(cuts) or "none", ""]
     if "wall_seconds" in st:
         lines += [f"Wall time: {st['wall_seconds']['seconds']:.0f} s{_machine()}.", ""]
     lines += [f"![{p}]({p})" for p in plots]

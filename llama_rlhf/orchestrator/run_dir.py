@@ -19,8 +19,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
+
+
+class RunDirError(RuntimeError):
+    """A run folder that cannot be used as asked (another config, not a run folder)."""
 
 
 def _completed(stage: str, done: list[str]) -> bool:
@@ -28,6 +33,12 @@ def _completed(stage: str, done: list[str]) -> bool:
     (`v2/ppo` under `v2`, `eval/sft` itself)."""
     parts = stage.split("/")
     return any("/".join(parts[:i]) in done for i in range(1, len(parts) + 1))
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 class RunDir:
@@ -64,10 +75,20 @@ class RunDir:
         return tmp
 
     def commit(self, stage: str) -> Path:
+        """Move the staged folder into place. The previous checkpoint of that name is renamed aside first
+        and deleted only after the new one is in place: at no instant is there no checkpoint."""
         final, tmp = self.ckpt(stage), self.ckpt(stage).with_name(self.ckpt(stage).name + ".tmp")
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # put the committed one back: a failed commit changes nothing
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
         return final
 
     def write_json(self, path: Path, obj) -> None:
@@ -100,8 +121,11 @@ class RunDir:
     def log(self, stage: str, step: int, metrics: dict, tensorboard: bool = True) -> None:
         row = {"stage": stage, "step": step, "time": round(time.time(), 3)}
         row.update({k: (float(v) if isinstance(v, int | float) else v) for k, v in metrics.items()})
-        with (self.root / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        p = self.root / "metrics.jsonl"
+        # a torn last line (killed mid-write) gets its own line; readers skip and count it
+        torn = p.exists() and p.stat().st_size > 0 and _last_byte(p) != b"\n"
+        with p.open("a") as f:
+            f.write(("\n" if torn else "") + json.dumps(row) + "\n")
         if tensorboard:
             tb = self._writer()
             if tb is not None:
@@ -119,22 +143,43 @@ class RunDir:
                 self._tb = False
         return self._tb or None
 
-    def metrics(self, stage: str | None = None) -> list[dict]:
+    def _metric_rows(self) -> tuple[list[tuple[str, dict]], int]:
+        """(line, row) of every readable metrics line, and how many were torn (not JSON objects)."""
         p = self.root / "metrics.jsonl"
         if not p.exists():
-            return []
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        return [r for r in rows if stage is None or r["stage"] == stage]
+            return [], 0
+        out, torn = [], 0
+        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict) and "stage" in row:
+                out.append((line, row))
+            else:
+                torn += 1
+        return out, torn
 
-    def truncate_metrics(self, done: list[str]) -> None:
-        """On resume, drop rows logged by a stage that did not complete (it will run again)."""
+    def metrics(self, stage: str | None = None) -> list[dict]:
+        rows, _ = self._metric_rows()
+        return [r for _, r in rows if stage is None or r["stage"] == stage]
+
+    def truncate_metrics(self, done: list[str]) -> int:
+        """On resume, drop rows logged by a stage that did not complete (it will run again) and torn lines
+        (a kill or a full disk mid-write); returns how many torn lines were dropped."""
         p = self.root / "metrics.jsonl"
-        if p.exists():
-            rows = [line for line in p.read_text().splitlines() if line.strip()]
-            keep = [r for r in rows if _completed(json.loads(r)["stage"], done)]
-            tmp = p.with_suffix(".tmp")
-            tmp.write_text("".join(r + "\n" for r in keep))
-            os.replace(tmp, p)
+        if not p.exists():
+            return 0
+        rows, torn = self._metric_rows()
+        keep = [line for line, r in rows if _completed(r["stage"], done)]
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text("".join(r + "\n" for r in keep))
+        os.replace(tmp, p)
+        if torn:
+            print(f"{p}: dropped {torn} torn line(s) (a write cut short)", file=sys.stderr)
+        return torn
 
     def close(self) -> None:
         if self._tb:

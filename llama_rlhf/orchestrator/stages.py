@@ -35,6 +35,7 @@ from llama_rlhf.orchestrator.datasets import (
     prompt_token_ids,
 )
 from llama_rlhf.orchestrator.evaluation import rm_eval
+from llama_rlhf.orchestrator.guards import check_metrics
 from llama_rlhf.orchestrator.run_dir import RunDir
 
 RM_NAMES = ("helpful", "safety")
@@ -60,6 +61,8 @@ class Context:
     rm_eval_pairs: dict = field(default_factory=dict)
     sync_ready: bool = False
     progress: object = None
+    truncation: Counter = field(default_factory=Counter)
+    """Sequences cut to fit since the last `flush_truncation` (logged per stage)."""
 
     @property
     def max_prompt_len(self) -> int:
@@ -69,6 +72,23 @@ class Context:
 
     def log(self, stage: str, step: int, metrics: dict) -> None:
         self.run.log(stage, step, metrics, self.cfg.logging.tensorboard)
+
+    def guard(self, stage: str, step: int, metrics: dict) -> None:
+        """Stop the stage on a NaN/inf metric, before anything of it is saved. fp16 overflow steps report
+        an inf grad norm and are skipped by the loss scaler, so that one is not a failure there."""
+        skip = ("grad_norm", "critic/grad_norm") if self.cfg.model.dtype == "float16" else ()
+        check_metrics(stage, step, {k: v for k, v in metrics.items() if k not in skip})
+
+
+def flush_truncation(ctx: Context, stage: str, step: int = 0) -> dict:
+    """Log (under `stage`) and return the counts of sequences cut since the last flush, then reset."""
+    out = {f"truncated/{k}": v for k, v in sorted(ctx.truncation.items()) if v}
+    ctx.truncation.clear()
+    if out:
+        ctx.log(stage, step, out)
+        if ctx.progress:
+            ctx.progress.note(f"{stage}: " + ", ".join(f"{k.split('/')[1]} {v}" for k, v in out.items()))
+    return out
 
 
 def model_spec(ctx: Context, kind: str, path=None, seed_tag: str = "init") -> ModelSpec:
@@ -117,12 +137,16 @@ def fit_packed(ctx: Context, stage: str, records: list[SFTRecord], lr: float, ep
     seed = stage_seed(ctx.cfg.run.seed, stage)
     plan = [packed_batches(ctx.tok, records, seq_len or s.seq_len, rows_per_step, seed + e) for e in range(epochs)]
     stats = plan[0][1]
+    ctx.truncation.update(sft_samples_cut_to_latest_turns=stats.num_turns_cut,
+                          sft_samples_cut_at_end=stats.num_truncated, sft_samples_dropped=stats.num_dropped)
+    cut = flush_truncation(ctx, stage)
     steps = [b for batches, _ in plan for b in batches if b.rows() >= n]
     ctx.policy.load(model_spec(ctx, "causal", init_path, stage), optim_spec(ctx.cfg, lr, len(steps), warmup_steps))
     task = ctx.progress.add(stage, len(steps)) if ctx.progress else None
     first = last = None
     for i, batch in enumerate(steps):
         m = ctx.policy.sft_step(batch, _num_micro(batch.rows(), n, s.micro_batch_size))
+        ctx.guard(stage, i, {k: v for k, v in m.items() if k != "rank"})
         first = first if first is not None else m["loss"]
         last = m["loss"]
         if i % ctx.cfg.logging.log_every == 0 or i == len(steps) - 1:
@@ -130,7 +154,7 @@ def fit_packed(ctx: Context, stage: str, records: list[SFTRecord], lr: float, ep
         if task is not None:
             ctx.progress.advance(task, f"loss {last:.3f}")
     return {"steps": len(steps), "first_loss": first, "last_loss": last, "samples": stats.num_samples,
-            "rows": stats.num_rows, "pad_fraction": stats.pad_fraction}
+            "rows": stats.num_rows, "pad_fraction": stats.pad_fraction, **cut}
 
 
 def train_sft(ctx: Context) -> dict:
@@ -160,12 +184,17 @@ def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_p
     aux = rc.aux_safety_weight if which == "safety" else 0.0
     task = ctx.progress.add(stage, total) if ctx.progress else None
     for i, chunk in enumerate(chunks):
-        m = group.train_step(pair_batch(ctx.tok, chunk, rc.max_len), rc.margin, aux, rc.micro_batch_pairs)
+        m = group.train_step(pair_batch(ctx.tok, chunk, rc.max_len, ctx.truncation), rc.margin, aux,
+                             rc.micro_batch_pairs)
+        ctx.guard(stage, i, m)
         if i % ctx.cfg.logging.log_every == 0 or i == total - 1:
             ctx.log(stage, i, m)
         if task is not None:
             ctx.progress.advance(task, f"loss {m['loss']:.3f} acc {m['accuracy']:.2f}")
-    result = {"pairs": len(mix), "steps": total, **rm_eval(group, ctx.rm_eval_pairs[which])}
+    if not aux:  # the count matters only where the auxiliary loss reads the labels
+        ctx.truncation.pop("pairs_without_safety_labels", None)
+    result = {"pairs": len(mix), "steps": total, **flush_truncation(ctx, stage, total),
+              **rm_eval(group, ctx.rm_eval_pairs[which])}
     result.update(mix_metrics(Counter(map(label_of, mix))))
     result["checkpoint"] = save_checkpoint(ctx, group, ckpt or stage)
     ctx.log(stage, total, {k: v for k, v in result.items() if isinstance(v, int | float)})
@@ -224,7 +253,7 @@ def collect_preferences(ctx: Context, version: int) -> list[Preference]:
     if world is None or n == 0:
         return []
     prompts = world.prompts("train", n, f"collect-v{version}")
-    ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
+    ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len, ctx.truncation)
     seed = stage_seed(ctx.cfg.run.seed, "collect", version)
     t_lo, t_hi = ctx.cfg.iterations.preference_temperatures
     rs = ctx.cfg.rejection_sampling
@@ -237,6 +266,7 @@ def collect_preferences(ctx: Context, version: int) -> list[Preference]:
                         noise=ctx.cfg.data.world.label_noise)
         if pref is not None:
             out.append(pref)
+    flush_truncation(ctx, f"v{version}/collect")
     write_jsonl(_collected_path(ctx.run, version), out)
     return out
 

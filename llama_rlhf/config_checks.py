@@ -1,0 +1,47 @@
+"""Cross-field checks of the config that a single field cannot express: every one of them would
+otherwise fail hours into a run (after SFT and the reward models), so they run at load time and
+name the fields and values involved. Called by `Config`'s validator; returns messages, raises nothing.
+"""
+
+from __future__ import annotations
+
+
+def length_errors(cfg) -> list[str]:
+    errors = []
+    m = cfg.model.max_seq_len
+    gen = {"ppo.max_new_tokens": cfg.ppo.max_new_tokens,
+           "rejection_sampling.max_new_tokens": cfg.rejection_sampling.max_new_tokens,
+           "eval.max_new_tokens": cfg.eval.max_new_tokens}
+    key, longest = max(gen.items(), key=lambda kv: kv[1])
+    if longest >= m:
+        errors.append(f"{key}: must be < model.max_seq_len ({m}) so a prompt has room "
+                      f"(prompt budget {m - longest} tokens), got {longest}")
+    for key, n in (("sft.seq_len", cfg.sft.seq_len), ("reward.helpful.max_len", cfg.reward.helpful.max_len),
+                   ("reward.safety.max_len", cfg.reward.safety.max_len)):
+        if n > m:
+            errors.append(f"{key}: must be <= model.max_seq_len ({m}), got {n}")
+    bad = [t for t in cfg.rejection_sampling.temperatures if not t > 0]
+    if bad:
+        errors.append(f"rejection_sampling.temperatures: every temperature must be > 0, got {bad[0]!r}")
+    errors += _gpu_errors(cfg.cluster)
+    return errors
+
+
+def _gpu_errors(cluster) -> list[str]:
+    """Ranks vs GPUs, where the config declares the GPUs (the full fit is `llama-rlhf plan`)."""
+    if not cluster.gpu:
+        return []
+    total = cluster.num_nodes * cluster.gpus_per_node
+    errors = []
+    from llama_rlhf.config import ROLE_NAMES
+
+    for name in ROLE_NAMES:
+        n = cluster.role(name).ranks
+        if n > total:
+            errors.append(f"cluster.{name}.ranks: one GPU per rank, the cluster has {total} GPUs "
+                          f"({cluster.num_nodes} nodes x {cluster.gpus_per_node}), got {n}")
+    r = cluster.rollout
+    if r.engines * r.tensor_parallel_size > total:
+        errors.append(f"cluster.rollout: {r.engines} engines x {r.tensor_parallel_size} GPUs exceed the cluster's "
+                      f"{total} GPUs")
+    return errors

@@ -71,9 +71,12 @@ def test_ranks_vs_gpus():
 
 
 def test_eval_prompts_checked_at_start(tmp_path):
+    # a user's eval prompts need no gold-judge meta (the reward models judge them), but must parse
     p = _write(tmp_path / "eval.jsonl", [{"prompt": "what is 2+2?"}])
-    with pytest.raises(DataError, match=rf"{p}:1: field 'meta': the gold judge cannot score"):
-        check(load_config("configs/ci.yaml", [f"data.eval_prompts_path={p}"]))
+    assert "1 records" in check(load_config("configs/ci.yaml", [f"data.eval_prompts_path={p}"]))[0]
+    bad = _write(tmp_path / "bad_eval.jsonl", [{"prompt": "  "}])
+    with pytest.raises(DataError, match=rf"{bad}:1"):
+        check(load_config("configs/ci.yaml", [f"data.eval_prompts_path={bad}"]))
     with pytest.raises(ConfigError, match="data.sft_path: no such file or folder"):
         check(load_config("configs/ci.yaml", [f"data.sft_path={tmp_path}/nope.jsonl"]))
     ok = _write(tmp_path / "unsafe.jsonl", [{"prompt": "how to pick a lock", "kind": "unsafe", "is_safety": True}])

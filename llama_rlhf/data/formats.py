@@ -22,6 +22,9 @@ from llama_rlhf.data.chat import ChatFormatError, validate_messages
 from llama_rlhf.data.records import RATINGS
 from llama_rlhf.data.validate import DataError
 
+EMPTY_KEPT = "empty turns kept"
+"""The quirk counted for an empty turn a real transcript carries (kept, never silently dropped)."""
+
 
 @dataclass(frozen=True)
 class PreferenceOptions:
@@ -53,7 +56,7 @@ def parse_hh_transcript(text: str, where: str, key: str, quirks: Counter | None 
     for speaker, content in zip(parts[1::2], parts[2::2]):
         role, content = ("user" if speaker == "Human" else "assistant"), content.strip()
         if not content:
-            quirks["empty turns kept"] += 1
+            quirks[EMPTY_KEPT] += 1
         if msgs and msgs[-1]["role"] == role:
             msgs[-1]["content"] = "\n\n".join(c for c in (msgs[-1]["content"], content) if c)
             quirks["same-role turns merged"] += 1

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from llama_rlhf.data.chat import ChatFormatError, validate_messages
 from llama_rlhf.data.formats import (
+    EMPTY_KEPT,
     PreferenceOptions,
     hh_pair,
     message_list_pair,
@@ -203,8 +204,11 @@ def load_records(source, parse: Callable[..., object], skip_invalid: bool = Fals
             if not isinstance(obj, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             check_raw(obj, where)
+            quirks = kw.get("quirks")
+            empty_before = quirks[EMPTY_KEPT] if quirks is not None else 0
             rec = parse(obj, where, **kw)
-            check_record(rec, where)
+            # an empty turn of a real transcript (HH-RLHF) is kept and counted as a quirk, not refused
+            check_record(rec, where, blank_ok=quirks is not None and quirks[EMPTY_KEPT] > empty_before)
             out.append(rec)
         except (DataError, TypeError, KeyError, AttributeError) as e:
             # a parser gap (not a DataError) is still one line naming the record

@@ -33,16 +33,17 @@ def _blank_turn(messages) -> int | None:
     return None
 
 
-def check_record(rec, where: str) -> None:
-    """Checks on a parsed record (SFTRecord, Preference or Prompt)."""
-    i = _blank_turn(rec.messages)
+def check_record(rec, where: str, blank_ok: bool = False) -> None:
+    """Checks on a parsed record (SFTRecord, Preference or Prompt). `blank_ok`: the record's format
+    keeps empty turns as a counted quirk (HH-RLHF transcripts), so they are not refused."""
+    i = None if blank_ok else _blank_turn(rec.messages)
     if i is not None:
         raise DataError(f"{where}: field 'messages': messages[{i}].content: empty or blank")
     chosen, rejected = getattr(rec, "chosen", None), getattr(rec, "rejected", None)
     if chosen is None:
         return
     for key, text in (("chosen", chosen), ("rejected", rejected)):
-        if not text.strip():
+        if not text.strip() and not blank_ok:
             raise DataError(f"{where}: field '{key}': empty or blank answer")
     if chosen.strip() == rejected.strip():
         raise DataError(f"{where}: field 'rejected': identical to 'chosen' (the pair carries no preference)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from llama_rlhf.config import Config, ConfigError, config_to_yaml, load_config
-from llama_rlhf.data.validate import DataError
 from llama_rlhf.orchestrator.run_dir import RunDirError
 
 _LOADERS = {"sft_path": "load_sft", "preference_path": "load_preferences", "prompts_path": "load_prompts",
@@ -75,21 +74,6 @@ def check_data(cfg: Config) -> list[str]:
         if not Path(src).exists():
             raise ConfigError(f"data.{key}: no such file or folder: {src}")
         recs, rep = getattr(loaders, loader)(src, d.skip_invalid)
-        reports.append(f"data.{key}: {rep}")
-        if key == "eval_prompts_path":
-            check_eval_prompts(recs)
+        reports.append(f"data.{key}: {rep}")  # a user's eval prompts are RM-judged: any valid prompt will do
     return reports
 
-
-def check_eval_prompts(prompts) -> None:
-    """The gold judge scores held-out prompts from their `meta` (answer type and gold answer, the
-    embedded world's format); a prompt it cannot score would crash the first evaluation, after SFT."""
-    from llama_rlhf.data.world import judge
-
-    for p in prompts:
-        try:
-            judge(p, "")
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise DataError(f"{p.id}: field 'meta': the gold judge cannot score this held-out prompt "
-                            f"({type(e).__name__}: {e}); give kind 'unsafe', or meta with answer_type/gold "
-                            f"as the embedded world writes them") from None

@@ -160,6 +160,14 @@ class PolicyTrainer(Role):
         s = self.sender.send(named, SyncMeta.from_wire(meta_wire))
         return {"bytes": s.bytes, "seconds": s.seconds, "buckets": s.buckets, "mb_per_s": s.mb_per_s}
 
+    def broadcast_probe(self, nbytes: int) -> dict:
+        """Rank 0: one raw broadcast of `nbytes` over the sync group (the receivers call `receive_probe`)."""
+        if self.dist.rank != 0:
+            return {}
+        from llama_rlhf.actors.weight_sync import raw_broadcast
+
+        return {"bytes": nbytes, "seconds": raw_broadcast(self.sender.pg, nbytes, self.sender.device)}
+
 
 class ReferencePolicy(Role):
     """The frozen π_0 of the KL penalty: log-probs only (ZeRO-3 inference engine, no optimizer)."""

@@ -230,7 +230,8 @@ def rm_pair(a, rm, pairs, trl_run) -> Pair:
 
 
 def rollout_pair(a, rollout, prompt_ids, hf_call) -> Pair:
-    pair = Pair("rollout", "new tok/s", f"{len(prompt_ids)} prompts x{a.max_new} new", f"HF generate {a.hf_dtype}")
+    pair = Pair("rollout", "new tok/s", f"{len(prompt_ids)} prompts x{a.max_new} new, vLLM {a.rollout_dtype}",
+                f"HF generate {a.hf_dtype}")
     seeds = iter(range(10**6))
 
     def ours(warm=False):
@@ -243,7 +244,17 @@ def rollout_pair(a, rollout, prompt_ids, hf_call) -> Pair:
     return measure(pair, ours, theirs, a.repeats)
 
 
-def sync_pair(a, policy, rollout, backend: str, dtype: str) -> Pair:
+def _send_per_parameter(self, wire):
+    """Inside the policy actor: the sync's sender as it was before (one ZeRO-3 gather and one copy per
+    parameter, `named_full_parameters`), for the before/after rows of one run."""
+    from llama_rlhf.actors.weight_sync import SyncMeta
+
+    return self.sender.send(self.m.named_full_parameters(), SyncMeta.from_wire(wire)).seconds
+
+
+def sync_pairs(a, policy, rollout, backend: str, dtype: str) -> list[Pair]:
+    """The sync now, and (`--sync-before`, one policy rank) the per-parameter-gather sender it replaced,
+    each against the raw broadcast of the same bytes; all three back to back in every repeat."""
     import ray
 
     from llama_rlhf.actors.weight_sync import DEFAULT_BUCKET_BYTES, SyncMeta
@@ -252,14 +263,19 @@ def sync_pair(a, policy, rollout, backend: str, dtype: str) -> Pair:
     refs = rollout.init_weight_sync(host, port, backend)
     refs += policy.init_weight_sync(host, port, rollout.sync_world_size, backend)
     ray.get(refs)
-    wire = policy.sync_meta(dtype, DEFAULT_BUCKET_BYTES)
+    wire = policy.sync_meta(dtype, a.bucket_mb * 2**20 if a.bucket_mb else DEFAULT_BUCKET_BYTES)
     nbytes = SyncMeta.from_wire(wire).total_bytes
     mb = nbytes / 1e6
 
-    def sync():
-        recv = rollout.receive_weights(SyncMeta.from_wire(wire))
-        ray.get(policy.sync_weights(wire))
-        ray.get(recv)
+    def sync(before=False):
+        def call():
+            recv = rollout.receive_weights(SyncMeta.from_wire(wire))
+            if before:
+                ray.get(policy.ranks[0].__ray_call__.remote(_send_per_parameter, wire))
+            else:
+                ray.get(policy.sync_weights(wire))
+            ray.get(recv)
+        return call
 
     def raw():
         recv = rollout.receive_probe(nbytes)
@@ -267,10 +283,22 @@ def sync_pair(a, policy, rollout, backend: str, dtype: str) -> Pair:
         ray.get(recv)
         return mb, sent["seconds"]
 
-    pair = Pair("weight sync", "MB/s", f"{mb:.1f} MB {dtype}, {policy.n} -> 1", "raw gloo broadcast")
-    ours = lambda warm=False: sync() if warm else median_rate(lambda: (mb, wall(sync)[1]), a.steps)  # noqa: E731
-    theirs = lambda warm=False: raw() if warm else median_rate(raw, a.steps)  # noqa: E731
-    return measure(pair, ours, theirs, a.repeats)
+    shape = f"{mb:.1f} MB {dtype}, {policy.n} -> 1"
+    now = Pair("weight sync", "MB/s", shape, "raw gloo broadcast")
+    old = Pair("sync (before)", "MB/s", shape, "raw gloo broadcast") if a.sync_before and policy.n == 1 else None
+    for fn in (sync(), raw) + ((sync(before=True),) if old else ()):
+        fn()  # warm-up
+    for r in range(a.repeats):
+        if old:
+            old.ours.append(median_rate(lambda: (mb, wall(sync(before=True))[1]), a.steps))
+        now.ours.append(median_rate(lambda: (mb, wall(sync())[1]), a.steps))
+        now.theirs.append(median_rate(raw, a.steps))
+        if old:
+            old.theirs.append(now.theirs[-1])
+        print(f"  weight sync repeat {r + 1}: ours {now.ours[-1]:,.0f} MB/s"
+              + (f", before {old.ours[-1]:,.0f} MB/s" if old else "") + f", raw {now.theirs[-1]:,.0f} MB/s",
+              flush=True)
+    return [p for p in (old, now) if p]
 
 
 # --------------------------------------------------------------------------- output
@@ -300,6 +328,8 @@ def parse_args():
     ap.add_argument("--max-new", type=int, default=48, help="new tokens per rollout")
     ap.add_argument("--rollout-dtype", default="bfloat16", help="vLLM dtype (the config's default)")
     ap.add_argument("--hf-dtype", default="float32", help="HF generate dtype (fp32: its fast path on CPU)")
+    ap.add_argument("--bucket-mb", type=float, default=0, help="weight-sync bucket size (0: the default)")
+    ap.add_argument("--sync-before", type=int, default=1, help="also time the sync's previous sender (1 rank)")
     ap.add_argument("--only", default="sft,rm,rollout,sync", help="comma-separated pairs to run")
     return ap.parse_args()
 
@@ -358,7 +388,7 @@ def main() -> None:
             hf = hf_generate(tok, v0, prompt_ids, a.max_new, a.hf_dtype)
             done.append(rollout_pair(a, rollout, prompt_ids, hf))
         if "sync" in only:
-            done.append(sync_pair(a, policy, rollout, backend, a.rollout_dtype))
+            done += sync_pairs(a, policy, rollout, backend, a.rollout_dtype)
         rollout.shutdown()
     policy.kill()
     ray.shutdown()

@@ -229,19 +229,31 @@ def rm_pair(a, rm, pairs, trl_run) -> Pair:
     return measure(pair, ours, lambda warm=False: trl_run(1 if warm else a.steps), a.repeats)
 
 
-def rollout_pair(a, rollout, prompt_ids, hf_call) -> Pair:
-    pair = Pair("rollout", "new tok/s", f"{len(prompt_ids)} prompts x{a.max_new} new, vLLM {a.rollout_dtype}",
-                f"HF generate {a.hf_dtype}")
+def rollout_pairs(a, rollouts: dict, prompt_ids, hf_call) -> list[Pair]:
+    """Each engine group in `rollouts` (label -> RolloutGroup) against HF `generate`; all back to back in
+    every repeat (more than one group: variants of the engine compared in one run)."""
+    shape = f"{len(prompt_ids)} prompts x{a.max_new} new, vLLM {a.rollout_dtype}"
+    pairs = {k: Pair(k, "new tok/s", shape, f"HF generate {a.hf_dtype}") for k in rollouts}
     seeds = iter(range(10**6))
 
-    def ours(warm=False):
+    def ours(group):
         def call():
-            outs, s = wall(lambda: rollout.generate(prompt_ids, 1, 1.0, 1.0, a.max_new, seed=next(seeds) * 1000))
+            outs, s = wall(lambda: group.generate(prompt_ids, 1, 1.0, 1.0, a.max_new, seed=next(seeds) * 1000))
             return sum(len(o[0].token_ids) for o in outs), s
-        return call() if warm else median_rate(call, a.steps)
+        return call
 
-    theirs = lambda warm=False: hf_call() if warm else median_rate(hf_call, a.steps)  # noqa: E731
-    return measure(pair, ours, theirs, a.repeats)
+    for g in rollouts.values():
+        ours(g)()
+    hf_call()
+    for r in range(a.repeats):
+        for k, g in rollouts.items():
+            pairs[k].ours.append(median_rate(ours(g), a.steps))
+        hf = median_rate(hf_call, a.steps)
+        for p in pairs.values():
+            p.theirs.append(hf)
+        print(f"  rollout repeat {r + 1}: " + ", ".join(f"{k} {p.ours[-1]:,.0f}" for k, p in pairs.items())
+              + f", HF generate {hf:,.0f} new tok/s", flush=True)
+    return list(pairs.values())
 
 
 def _send_per_parameter(self, wire):
@@ -386,7 +398,7 @@ def main() -> None:
         rollout = RolloutGroup(v0, cluster, seed=0, max_model_len=a.seq_len)
         if "rollout" in only:
             hf = hf_generate(tok, v0, prompt_ids, a.max_new, a.hf_dtype)
-            done.append(rollout_pair(a, rollout, prompt_ids, hf))
+            done += rollout_pairs(a, {"rollout": rollout}, prompt_ids, hf)
         if "sync" in only:
             done += sync_pairs(a, policy, rollout, backend, a.rollout_dtype)
         rollout.shutdown()

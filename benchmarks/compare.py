@@ -130,7 +130,7 @@ def trl_args(cls, out: Path, batch: int, seq_len: int, **kw):
                dataloader_num_workers=0, seed=0, **kw)
 
 
-def trl_sft(tok, v0: str, records, rows: int, seq_len: int, work: Path):
+def trl_sft(tok, v0: str, records, rows: int, seq_len: int, work: Path, strategy: str = "bfd"):
     from datasets import Dataset
     from transformers import LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -141,7 +141,8 @@ def trl_sft(tok, v0: str, records, rows: int, seq_len: int, work: Path):
     data = Dataset.from_list([{"input_ids": e.input_ids, "assistant_masks": e.loss_mask} for e in enc])
     model = LlamaForCausalLM.from_pretrained(v0, dtype="float32")
     pad = tok.hf.convert_ids_to_tokens(tok.pad_id)
-    args = trl_args(SFTConfig, work / "trl_sft", rows, seq_len, packing=True, pad_token=pad)
+    args = trl_args(SFTConfig, work / "trl_sft", rows, seq_len, packing=True, packing_strategy=strategy,
+                    pad_token=pad)
     clock = _Clock()
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok.hf,
                          callbacks=[clock.callback])
@@ -342,6 +343,8 @@ def parse_args():
     ap.add_argument("--hf-dtype", default="float32", help="HF generate dtype (fp32: its fast path on CPU)")
     ap.add_argument("--bucket-mb", type=float, default=0, help="weight-sync bucket size (0: the default)")
     ap.add_argument("--sync-before", type=int, default=1, help="also time the sync's previous sender (1 rank)")
+    ap.add_argument("--trl-packing", default="bfd", help="TRL packing_strategy: bfd (its default, padding-free:"
+                    " a step is one row of rows x seq-len tokens) or wrapped (rows x seq-len, no per-sample mask)")
     ap.add_argument("--only", default="sft,rm,rollout,sync", help="comma-separated pairs to run")
     return ap.parse_args()
 
@@ -388,7 +391,8 @@ def main() -> None:
     tok.save(v0)
     done: list[Pair] = []
     if "sft" in only:
-        done.append(sft_pair(a, policy, packed, trl_sft(tok, v0, sft_records, a.rows, a.seq_len, work)))
+        done.append(sft_pair(a, policy, packed, trl_sft(tok, v0, sft_records, a.rows, a.seq_len, work,
+                                                                       a.trl_packing)))
     if "rm" in only:
         rm = RewardGroup("helpful", 1, opts, backend)
         rm.load(ModelSpec("scalar", path=v0, seed=1), optim)

@@ -3,7 +3,7 @@
 Same tiny fp32 Llama (`tiny` preset, the trained 1024-piece tokenizer), same data (the embedded world), same
 machine, one process tree. Each pair is measured back to back, `--repeats` times (ours, then theirs, then
 ours again...); a repeat's rate is the median over `--steps` timed calls after a warm-up; the table shows
-the median over repeats. Pairs:
+the median over repeats, and the ratio is the median over repeats of each repeat's ours/theirs. Pairs:
 
   SFT         tokens/s  our policy (Ray actor, DeepSpeed ZeRO-3, 1 rank, packed rows with per-sample
                         attention) vs TRL `SFTTrainer(packing=True)` (best-fit packing, padding-free) on the
@@ -55,7 +55,9 @@ class Pair:
 
     @property
     def ratio(self) -> float:
-        return statistics.median(self.ours) / statistics.median(self.theirs)
+        """The median over repeats of ours/theirs within a repeat: the two sides of a repeat ran back to
+        back under the same load, so the load cancels there, not across repeats."""
+        return statistics.median(o / t for o, t in zip(self.ours, self.theirs))
 
 
 def median_rate(fn, steps: int) -> float:

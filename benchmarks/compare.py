@@ -18,12 +18,15 @@ the median over repeats, and the ratio is the median over repeats of each repeat
                         (timed on the wire inside the sender: the limit)
 
 Threads: our trainer ranks use all cores for their turn (`set_cpu_threads`), as does this process for TRL
-and HF. Rates count real tokens (no padding) for SFT, pairs for the RM, generated tokens (up to and with
-EOS) for the rollout. The online RL iteration pair (PPO vs TRL GRPO/RLOO) is not in this script yet.
+and HF; the vLLM engine runs one (Ray's OMP_NUM_THREADS=1 for a fractional-CPU actor: two threads were
+tried and collapsed under a shared machine's load). Rates count real tokens (no padding) for SFT, pairs
+for the RM, generated tokens (up to and with EOS) for the rollout. The online RL iteration pair (PPO vs
+TRL GRPO/RLOO) is not in this script yet.
 
     .venv/bin/python benchmarks/compare.py [--repeats 3] [--steps 3] [--rows 8] [--seq-len 256] [--prompts 16]
 
-CPU: about 5 minutes on 2 shared cores. vLLM spawns its engine core, hence the `__main__` guard.
+CPU: about 3 minutes on 2 shared cores (2.5-3.2 measured at load 9-15). vLLM spawns its engine core,
+hence the `__main__` guard.
 """
 
 from __future__ import annotations

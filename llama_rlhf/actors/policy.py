@@ -148,17 +148,26 @@ class PolicyTrainer(Role):
         return SyncMeta.build(shapes, engine_dtype, bucket_bytes).to_wire()
 
     def sync_weights(self, meta_wire) -> dict:
-        """Gather the ZeRO-3 shards one parameter at a time (every rank takes part) and broadcast them
+        """Gather the ZeRO-3 shards a bucket's worth at a time (every rank takes part) and broadcast them
         from rank 0 in buckets to every vLLM worker."""
         from llama_rlhf.actors.weight_sync import SyncMeta
 
-        named = self.m.named_full_parameters()
+        meta = SyncMeta.from_wire(meta_wire)
+        named = self.m.named_gathered_parameters(meta.bucket_bytes)
         if self.dist.rank != 0:
             for _ in named:  # take part in each gather
                 pass
             return {}
-        s = self.sender.send(named, SyncMeta.from_wire(meta_wire))
+        s = self.sender.send(named, meta)
         return {"bytes": s.bytes, "seconds": s.seconds, "buckets": s.buckets, "mb_per_s": s.mb_per_s}
+
+    def broadcast_probe(self, nbytes: int) -> dict:
+        """Rank 0: one raw broadcast of `nbytes` over the sync group (the receivers call `receive_probe`)."""
+        if self.dist.rank != 0:
+            return {}
+        from llama_rlhf.actors.weight_sync import raw_broadcast
+
+        return {"bytes": nbytes, "seconds": raw_broadcast(self.sender.pg, nbytes, self.sender.device)}
 
 
 class ReferencePolicy(Role):

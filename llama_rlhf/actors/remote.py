@@ -238,6 +238,10 @@ class PolicyGroup(RankGroup):
         """Refs of the send on every rank (rank 0 sends, the others take part in the gathers)."""
         return [r.sync_weights.remote(meta_wire) for r in self.ranks]
 
+    def broadcast_probe(self, nbytes: int) -> list:
+        """Refs of rank 0's raw broadcast of `nbytes` to the sync group (the limit a sync is measured against)."""
+        return [self.ranks[0].broadcast_probe.remote(nbytes)]
+
 
 class ReferenceGroup(RankGroup):
     def __init__(self, n: int, options: Callable[[int], dict], backend: str, zero: ZeroSpec | None = None,

@@ -226,6 +226,10 @@ class RolloutEngine:
             bytes=per_worker[0]["bytes"], seconds=time.perf_counter() - t0, buckets=per_worker[0]["buckets"]
         )
 
+    def receive_probe(self, nbytes: int, timeout_s: float = 600.0) -> float:
+        """One raw broadcast of `nbytes` over the sync group (no packing, no load): the sync's limit."""
+        return self.llm.collective_rpc("receive_probe", args=(nbytes,), timeout=timeout_s)[0]
+
     def close_weight_sync(self) -> None:
         self.llm.collective_rpc("close_weight_sync")
 
@@ -417,6 +421,10 @@ class RolloutGroup:
         if self.colocation is not None:
             self.colocation.for_sync()
         return [w.receive_weights.remote(meta, timeout_s) for w in self.workers]
+
+    def receive_probe(self, nbytes: int) -> list:
+        """Refs of every worker's `receive_probe`, to get after the sender's `broadcast_probe`."""
+        return [w.receive_probe.remote(nbytes, self.timeout_s) for w in self.workers]
 
     def sleep(self) -> None:
         ray.get([w.sleep.remote() for w in self.workers], timeout=self.timeout_s)

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import asdict
 
-from llama_rlhf.actors.weight_sync import SyncMeta, SyncStats, close_group, init_group, receive
+from llama_rlhf.actors.weight_sync import SyncMeta, SyncStats, close_group, init_group, raw_broadcast, receive
 
 
 class WeightSyncExtension:
@@ -46,6 +46,10 @@ class WeightSyncExtension:
         self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         plan = meta.plan()
         return asdict(SyncStats(bytes=sum(b.nbytes for b in plan), seconds=time.perf_counter() - t0, buckets=len(plan)))
+
+    def receive_probe(self, nbytes: int) -> float:
+        """The receiving end of `raw_broadcast` (the sender's `broadcast_probe`): seconds on the wire."""
+        return raw_broadcast(self._weight_sync_pg, nbytes, self.device)
 
     def close_weight_sync(self) -> None:
         pg = getattr(self, "_weight_sync_pg", None)

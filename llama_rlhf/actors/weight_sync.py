@@ -341,6 +341,18 @@ class WeightSyncSender:
         close_group(self.pg)
 
 
+def raw_broadcast(pg, nbytes: int, device: torch.device | str, src: int = 0) -> float:
+    """The physical limit of a sync: one uint8 broadcast of `nbytes` over the sync group, nothing packed,
+    cast or loaded. A 1-byte broadcast first lines the ranks up; the seconds returned are the big one's
+    only. Every rank of the group calls it at the same time (benchmarks/compare.py)."""
+    buf = torch.zeros(1, dtype=torch.uint8, device=device)
+    pg.broadcast(buf, src).wait()
+    buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    t0 = time.perf_counter()
+    pg.broadcast(buf, src).wait()
+    return time.perf_counter() - t0
+
+
 def receive_buckets(
     pg, params: Sequence[ParamMeta], bucket_bytes: int, device: torch.device | str, src: int = 0
 ) -> Iterator[tuple[str, torch.Tensor]]:

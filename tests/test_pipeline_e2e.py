@@ -125,7 +125,7 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
 
     assert main(["report", str(run_dir), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
+    assert "\nold\n" not in text and text.startswith("intro") and text.endswith("rest\n")
     assert "| baseline: V1 with a random pick (no RM) |" in text and "CPU cores" in text
     for png in ("gold_scores.png", "ppo.png", "rm_accuracy.png"):
         assert (run_dir / "plots" / png).stat().st_size > 1000

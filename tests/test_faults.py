@@ -40,3 +40,29 @@ def test_killed_actor_is_detected_and_the_run_restarted(ray_local):
 
     with pytest.raises(ZeroDivisionError):  # anything else is not retried
         run_with_restarts(lambda: 1 / 0, again, max_restarts=2)
+
+
+def test_group_calls_raise_the_first_failure_without_waiting_on_blocked_ranks(ray_local):
+    """One rank of a collective dies: the others block in the collective for good, so a group call must
+    raise the dead rank's error as soon as it comes, not wait on the blocked ranks first."""
+    import time
+
+    import ray
+
+    from llama_rlhf.actors.remote import get_all
+
+    @ray.remote(num_cpus=0.1)
+    def blocked():  # a surviving rank, stuck in a collective with a dead peer
+        time.sleep(120)
+
+    @ray.remote(num_cpus=0.1)
+    def dead():
+        raise ValueError("rank 1 lost")
+
+    refs = [blocked.remote(), dead.remote()]
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match="rank 1 lost"):
+        get_all(refs)
+    assert time.perf_counter() - t < 60
+    ray.cancel(refs[0], force=True)
+    assert get_all([ray.put(1), ray.put(2)]) == [1, 2]

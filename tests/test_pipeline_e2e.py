@@ -202,3 +202,81 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
     finally:
         # not `ray stop`: it would also stop the Ray of the other tests in this session
         subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+
+
+# --------------------------------------------------------------------------- fault matrix
+
+ROLES = ("policy", "reference", "critic", "rm_helpful", "rm_safety", "rollout")
+# Each kill but a rollout engine's costs a restart (~1-2 min here), so CI runs five: a trainer, a reward
+# model and a rollout engine mid rejection sampling, the critic and a rollout engine mid PPO (the re-sync
+# path); FAULT_MATRIX=full runs every role in both stages (12 kills)
+DIAGONAL = [("policy", "rs"), ("rm_helpful", "rs"), ("rollout", "rs"), ("critic", "ppo"), ("rollout", "ppo")]
+FULL = [(role, when) for when in ("rs", "ppo") for role in ROLES]
+
+
+def _triggered(run_dir: Path, when: str, since: float) -> bool:
+    """`rs`: some version's rejection samples were saved after `since` and that version is not done (its
+    fine-tuning, GAtt and context-distillation data, publication and evaluation are ahead); `ppo`: a PPO
+    iteration was logged after `since` (the next iteration is under way)."""
+    try:
+        done = _state(run_dir)["done"]
+        if when == "rs":
+            return any(p.stat().st_mtime > since and p.stem.removeprefix("rs_samples_") not in done
+                       for p in (run_dir / "data").glob("rs_samples_v*.jsonl"))
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        return any(r["stage"].endswith("/ppo") and r["time"] > since for r in rows)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return False
+
+
+def _kill_schedule(run_dir: Path, schedule, proc, log: list) -> None:
+    """Kill -9 rank 0 of each (role, when) of `schedule` in turn, once its moment has come in the run's
+    current attempt; `log` gets (role, when, the stages done at the kill, pid)."""
+    since, killed = time.time(), set()
+    for role, when in schedule:
+        while proc.poll() is None:
+            try:
+                pid = json.loads((run_dir / "actors.json").read_text())[role][0]["pid"]
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pid = None
+            if pid is not None and pid not in killed and _triggered(run_dir, when, since):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # an attempt already ending: its actors.json is stale
+                    time.sleep(0.2)
+                    continue
+                killed.add(pid)
+                since = time.time()
+                log.append((role, when, list(_state(run_dir)["done"]), pid))
+                break
+            time.sleep(0.2)
+
+
+def test_fault_matrix_each_role_killed_mid_stage_and_the_run_ends_as_uninterrupted(uninterrupted, tmp_path):
+    """Kill -9 of a rank of every role (policy, reference, critic, both RMs, a rollout engine) mid rejection
+    sampling and mid PPO: a lost rollout engine is recreated and its share retried (the policy's weights
+    synced into it again); any other lost actor restarts every group from the last committed checkpoint
+    and redoes the stage. The run must end with the uninterrupted run's final numbers."""
+    import threading
+
+    run_ref, _ = uninterrupted
+    schedule = FULL if os.environ.get("FAULT_MATRIX") == "full" else DIAGONAL
+    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    t0 = time.perf_counter()
+    proc = _cli("run", str(CONFIG), f"run.output_dir={tmp_path}", f"run.max_restarts={len(schedule)}",
+                ray_tmp=ray_tmp)
+    kills: list = []
+    killer = threading.Thread(target=_kill_schedule, args=(tmp_path / "ci", schedule, proc, kills), daemon=True)
+    killer.start()
+    out = _finish(proc, ray_tmp, timeout=2400)
+    killer.join(timeout=5)
+    restarts = out.count("an actor died")
+    replaced = out.count("rollout engine 0 lost")
+    print(f"\nfault matrix: {len(kills)} of {len(schedule)} kills in {time.perf_counter() - t0:.0f}s; "
+          f"{restarts} restarts from the last checkpoint, {replaced} rollout engines recreated")
+    for role, when, done, pid in kills:
+        print(f"  killed {role:<10} mid {when:<3} (pid {pid}) after stages {done[-1] if done else '-'}")
+    assert len(kills) == len(schedule), kills
+    assert restarts + replaced >= len(schedule) - sum(1 for r, w in schedule if r in ("reference", "critic")
+                                                      and w == "rs"), out[-3000:]
+    assert _final_metrics(tmp_path / "ci") == _final_metrics(run_ref)

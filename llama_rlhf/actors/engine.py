@@ -491,6 +491,11 @@ class Role:
         self.dist, self.zero = dist, zero or ZeroSpec()
         self.m: DeepSpeedModel | None = None
 
+    def process(self) -> dict:
+        """Where this rank runs (node address, pid): written to the run folder's actors.json, for an
+        operator's py-spy or kill, and for the fault-injection tests."""
+        return {"rank": self.dist.rank, "node": node_endpoint()[0], "pid": os.getpid()}
+
     def master_endpoint(self) -> tuple[str, int]:
         """Rank 0 only: bind this role's rendezvous store and return where it listens."""
         host = node_endpoint()[0]

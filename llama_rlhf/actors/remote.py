@@ -52,6 +52,17 @@ def gather(*calls: Callable[[], T]) -> list[T]:
     return [f.result() for f in futures]
 
 
+def get_all(refs: list) -> list:
+    """`ray.get(refs)`, but the first failure is raised as soon as it happens: when one rank of a
+    collective dies, the others block in the collective forever, and a plain `ray.get` would wait on
+    them first."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)  # raises the failure of a finished task now
+    return ray.get(refs)
+
+
 class Colocation:
     """The hybrid engine's turn-taking when the DeepSpeed roles and the rollout engines share GPUs.
 
@@ -157,7 +168,7 @@ class RankGroup:
         if self.colocation is not None:
             self.colocation.for_training()
         refs = [call(r, shards[i] if shards is not None else None) for i, r in enumerate(self.ranks)]
-        return ray.get(refs)
+        return get_all(refs)
 
     def load(self, model: ModelSpec, optim: OptimSpec | None = None) -> list[dict]:
         if not self._joined:
@@ -181,6 +192,10 @@ class RankGroup:
 
     def local_shapes(self) -> list[dict]:
         return self._each(lambda r, _: r.local_shapes.remote())
+
+    def processes(self) -> list[dict]:
+        """(rank, node, pid) of every rank."""
+        return get_all([r.process.remote() for r in self.ranks])
 
     def kill(self) -> None:
         for r in self.ranks:

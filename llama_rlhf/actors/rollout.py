@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,8 +270,11 @@ class RolloutGroup:
     answer within `timeout_s` (then it is killed), is recreated from the latest folder given to
     `set_model_dir` and its share is retried (at most `max_retries` times per share). A recreated worker is
     not in the weight-sync group any more: `needs_sync_init` turns True and the orchestrator must call
-    `init_weight_sync` again (new port) before the next sync; until then the worker serves the weights of
-    that folder, so save a folder after each update to keep a replacement current.
+    `init_weight_sync` again (new port) before the next sync. A replacement starts from that folder; when
+    the live engines had received newer weights by sync since (PPO syncs every iteration without saving a
+    folder), `on_replace(k, synced)` is called with synced=True before the share is retried, and the
+    orchestrator re-syncs the policy's weights into every engine, so the retried share is sampled from
+    the same weights as the lost one.
     """
 
     def __init__(
@@ -305,6 +309,8 @@ class RolloutGroup:
         }
         self.restarts = 0
         self.needs_sync_init = False
+        self.synced_past_folder = False  # the engines serve weights newer than `model_dir` (by sync)
+        self.on_replace: Callable[[int, bool], None] | None = None
         self.colocation = colocation
         if colocation is not None:  # engines start awake: the trainers make room first
             colocation.for_rollout()
@@ -335,10 +341,19 @@ class RolloutGroup:
         self.infos[k] = ray.get(self.workers[k].info.remote(), timeout=self.timeout_s)
         self.restarts += 1
         self.needs_sync_init = True
+        if self.on_replace is not None:
+            self.on_replace(k, self.synced_past_folder)
+            if self.colocation is not None:  # a re-sync leaves the engines in the sync state
+                self.colocation.for_rollout()
+
+    def processes(self) -> list[dict]:
+        """(engine, pid) of every worker: the frontend process, where the CPU engine also runs."""
+        return [{"rank": k, "pid": info["pids"][0]} for k, info in enumerate(self.infos)]
 
     def set_model_dir(self, path: str | Path) -> None:
         """Record the latest HF folder the orchestrator saved: what a replacement worker starts from."""
         self.model_dir = Path(path)
+        self.synced_past_folder = False
 
     def generate(
         self,
@@ -420,6 +435,7 @@ class RolloutGroup:
             raise RuntimeError("a rollout worker was recreated since init_weight_sync: call it again first")
         if self.colocation is not None:
             self.colocation.for_sync()
+        self.synced_past_folder = True
         return [w.receive_weights.remote(meta, timeout_s) for w in self.workers]
 
     def receive_probe(self, nbytes: int) -> list:

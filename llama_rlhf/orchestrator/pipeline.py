@@ -106,15 +106,39 @@ def _start_actors(ctx, with_critic: bool) -> None:
     ctx.rm = {"helpful": groups["rm_helpful"], "safety": groups["rm_safety"]}
     if with_critic:
         ctx.reference, ctx.critic = groups["reference"], groups["critic"]
+    _write_actors(ctx)
+
+
+def _write_actors(ctx) -> None:
+    """actors.json in the run folder: the node and pid of every rank of every role and of every rollout
+    engine, rewritten whenever an actor is (re)created."""
+    groups = {"policy": ctx.policy, "rm_helpful": ctx.rm["helpful"], "rm_safety": ctx.rm["safety"],
+              "reference": ctx.reference, "critic": ctx.critic, "rollout": ctx.rollout}
+    ctx.run.write_json(ctx.run.root / "actors.json", {k: g.processes() for k, g in groups.items() if g is not None})
+
+
+def _rollout_replaced(ctx, S, k: int, synced: bool) -> None:
+    """A rollout engine was lost and recreated from the latest folder: when the engines had been synced
+    past that folder, push the policy's weights again before its share is retried."""
+    if ctx.progress:
+        ctx.progress.note(f"rollout engine {k} lost and recreated from {ctx.rollout.model_dir}"
+                          + ("; the policy's weights synced again" if synced else ""))
+    if synced:
+        S.sync_rollout(ctx)
+    _write_actors(ctx)
 
 
 def _start_rollout(ctx, model_dir: str) -> None:
     from llama_rlhf.actors.rollout import RolloutGroup
 
     if ctx.rollout is None:
+        from llama_rlhf.orchestrator import stages as S
+
         ctx.rollout = RolloutGroup(model_dir, ctx.cfg.cluster, ctx.placement, seed=ctx.cfg.run.seed,
                                    max_model_len=ctx.cfg.model.max_seq_len, colocation=ctx.placement.colocation)
+        ctx.rollout.on_replace = lambda k, synced: _rollout_replaced(ctx, S, k, synced)
         ctx.sync_ready = False
+        _write_actors(ctx)
     ctx.rollout.set_model_dir(model_dir)
 
 

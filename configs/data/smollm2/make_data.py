@@ -3,7 +3,7 @@
     python configs/data/smollm2/make_data.py HARMLESS_BASE_TEST_JSONL_GZ
 
 The input is `harmless-base/test.jsonl.gz` of the anthropics/hh-rlhf repository (commit 354e5c3c, MIT,
-`tests/fixtures/hh_rlhf/LICENSE`); it is the one split that repository keeps in git (the helpful-* splits
+`LICENSE` here); it is the one split that repository keeps in git (the helpful-* splits
 are LFS pointers). Records whose two transcripts both fit 600 characters are shuffled (seed 0) and cut
 into disjoint parts, the preference files kept in HH-RLHF's own transcript format:
 

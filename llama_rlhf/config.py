@@ -132,6 +132,10 @@ class DataConfig(_Cfg):
     embedded world."""
     prompts_path: str | None = None
     eval_prompts_path: str | None = None
+    rm_eval_pairs: int = Field(0, ge=0)
+    """Pairs of the given preference sources held out of RM training, per RM (its own domain: non-safety
+    pairs for the helpfulness RM, safety pairs for the safety RM), on which RM accuracy is measured; 0 =
+    the embedded world's held-out pairs (what the demo uses)."""
     skip_invalid: bool = False
     """Skip (and count, and report) malformed records instead of failing on the first one."""
     world: WorldConfig = WorldConfig()

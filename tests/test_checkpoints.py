@@ -90,3 +90,61 @@ def test_what_we_write_loads_in_stock_transformers(hf_checkpoint, tmp_path, whic
         assert torch.equal(theirs(ids).logits, model(ids).logits)
     if which == "tokenizer.json":
         assert theirs_tok.chat_template == tok.chat_template
+
+
+@pytest.mark.slow  # a DeepSpeed engine in this process (a few seconds)
+def test_tied_head_trains_and_saves_as_one_tensor_under_zero3(hf_checkpoint, bpe_chat_folder, tmp_path):
+    """A tied checkpoint (SmolLM2's layout) built partitioned keeps its head tied: the SFT gradient of the
+    one shared tensor is transformers' (embedding and head contributions summed), and the saved folder holds
+    it once, loads tied in stock transformers with the trained weights, and starts a reward model."""
+    import os
+
+    from deepspeed.utils import safe_get_full_grad
+
+    from llama_rlhf.actors.engine import DistSpec, ModelSpec, OptimSpec, ZeroSpec
+    from llama_rlhf.actors.policy import PolicyTrainer
+    from llama_rlhf.actors.scalar import RewardModelTrainer
+    from llama_rlhf.algorithms.sft import sft_loss
+    from llama_rlhf.data.records import SFTRecord
+    from llama_rlhf.orchestrator.datasets import packed_batches
+    from llama_rlhf.passes import packed_forward
+
+    saved = dict(os.environ)
+    tok = load_tokenizer(hf_checkpoint)
+    recs = [SFTRecord([{"role": "user", "content": f"What is {i} plus {i}?"},
+                       {"role": "assistant", "content": f"The answer is {2 * i}."}]) for i in range(6)]
+    batch = packed_batches(tok, recs, 64, 4, seed=0)[0][0]
+    hf = LlamaForCausalLM.from_pretrained(hf_checkpoint, dtype=torch.float32, attn_implementation="sdpa")
+    sft_loss(packed_forward(hf, batch.to_dict()), batch.labels).backward()
+    want = hf.model.embed_tokens.weight.grad
+    try:
+        role = PolicyTrainer(DistSpec(0, 1), ZeroSpec(stage=3, param_persistence_threshold=0))
+        role.load(ModelSpec("causal", path=str(hf_checkpoint)), OptimSpec(lr=1e-2, schedule="constant"))
+        m = role.m.module
+        assert m.lm_head.weight is m.model.embed_tokens.weight
+        grads, real = {}, role.m.engine.step
+
+        def step(*a, **k):
+            grads.setdefault("embed", safe_get_full_grad(m.model.embed_tokens.weight).detach().clone())
+            return real(*a, **k)
+
+        role.m.engine.step = step
+        role.sft_step(batch, 1)
+        torch.testing.assert_close(grads["embed"], want, rtol=1e-5, atol=1e-7)
+        role.save_hf(str(tmp_path / "sft"))
+        trained = {n: t.clone() for n, t in role.m.named_full_parameters()}
+        role.unload()
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / "sft" / "model.safetensors"), "pt") as f:
+            assert "lm_head.weight" not in f.keys()
+        theirs = LlamaForCausalLM.from_pretrained(tmp_path / "sft", dtype=torch.float32)
+        assert theirs.lm_head.weight is theirs.model.embed_tokens.weight
+        assert not torch.equal(theirs.lm_head.weight, hf.lm_head.weight)  # the step moved the shared tensor
+        assert all(torch.equal(theirs.get_parameter(n), t) for n, t in trained.items())
+        rm = RewardModelTrainer(DistSpec(0, 1), ZeroSpec(stage=3, param_persistence_threshold=0))
+        rm.load(ModelSpec("scalar", path=str(tmp_path / "sft")))  # the body read, a fresh head
+        rm.unload()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -91,3 +91,25 @@ def test_preferences_and_preference_path_are_exclusive():
 
 def test_mix_metric_keys_are_tensorboard_tags():
     assert mix_metrics({"data/hh v1.jsonl [harmless]": 3}) == {"mix/data/hh_v1.jsonl/harmless": 3}
+
+
+def test_held_out_rm_eval_pairs_leave_training_and_the_mix(tmp_path):
+    """`data.rm_eval_pairs`: n pairs per RM (its own side) held out of the sources, out of the mix too."""
+    def write(name, n):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"prompt": f"{name} q{i}", "chosen": "good", "rejected": "bad"}) + "\n"
+                                for i in range(n)))
+        return str(path)
+
+    world = {"n_sft": 8, "n_preferences": 8, "n_rlhf": 4, "n_eval": 4, "n_gatt_dialogs": 0}
+    prefs = [{"path": write("help.jsonl", 12), "kind": "helpfulness", "name": "help"},
+             {"path": write("harm.jsonl", 10), "kind": "harmless", "name": "harm"}]
+    d = load_datasets(build_config({"data": {"preferences": prefs, "rm_eval_pairs": 4, "world": world}}))
+    assert [len(d.rm_eval[k]) for k in ("helpful", "safety")] == [4, 4]
+    assert not any(p.is_safety for p in d.rm_eval["helpful"]) and all(p.is_safety for p in d.rm_eval["safety"])
+    held = {p.messages[0]["content"] for ps in d.rm_eval.values() for p in ps}
+    assert len(d.preferences) == 14 and not held & {p.messages[0]["content"] for p in d.preferences}
+    assert "helpful RM mix: 14 pairs = help [helpfulness] 8, harm [harmless] 6 (mixed-in part short: 6 of 8 " \
+           "wanted)" in d.reports
+    with pytest.raises(ConfigError, match=r"data.rm_eval_pairs: 10 held out per RM leaves no safety RM"):
+        load_datasets(build_config({"data": {"preferences": prefs, "rm_eval_pairs": 10, "world": world}}))

@@ -191,8 +191,9 @@ def load_partitioned(spec: ModelSpec, ds_cfg: dict, rank: int) -> torch.nn.Modul
     if report["missing"] and not head_only:
         raise ValueError(f"{spec.path}: the checkpoint lacks {len(report['missing'])} parameter(s) of a {kind} "
                          f"model, e.g. {report['missing'][:3]}")
+    # a scalar model reads the body of a causal LM: its untied LM head (if any) is the one tensor left over
     allowed_unused = ["lm_head.weight"] if head_only else []
-    if report["unused"] != allowed_unused:
+    if report["unused"] not in (allowed_unused, []):
         raise ValueError(f"{spec.path}: {len(report['unused'])} checkpoint tensor(s) match no parameter of a "
                          f"{kind} model, e.g. {report['unused'][:3]}")
     if head_only:  # a reward model / critic starting from the SFT (causal) checkpoint: a fresh head

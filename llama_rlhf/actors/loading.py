@@ -96,6 +96,11 @@ def build_partitioned(kind: str, config, dtype: torch.dtype, ds_config: dict, in
             model = cls(config)
     finally:
         torch.set_default_dtype(previous)
+    if getattr(model, "all_tied_weights_keys", None):
+        # no_init_weights skips the tying that init_weights does: a tied LM head (SmolLM2's) would stay a
+        # separate parameter that no checkpoint fills. Tied here, it is the embedding's partitioned
+        # parameter, filled once by load_streamed, trained once and saved once (as HF saves it)
+        model.tie_weights()
     model.config.dtype = dtype
     return model
 
@@ -174,9 +179,11 @@ def save_hf_streamed(module: torch.nn.Module, folder: str | Path, tensors: Itera
     from safetensors.torch import save_file
 
     dtype = next(module.parameters()).dtype
-    if set(module.state_dict()) != {n for n, _ in module.named_parameters()}:
-        # Llama has none (rotary inv_freq is not persistent): refuse rather than drop one silently
-        raise ValueError("save_hf_streamed: the module has persistent buffers or tied weights; not supported")
+    tied = set(getattr(module, "all_tied_weights_keys", None) or {})  # e.g. lm_head.weight -> the embedding
+    if set(module.state_dict()) - tied != {n for n, _ in module.named_parameters()}:
+        # Llama has none (rotary inv_freq is not persistent): refuse rather than drop one silently. A tied
+        # alias is written once under its source's name, as save_pretrained does; the config says it is tied
+        raise ValueError("save_hf_streamed: the module has persistent buffers; not supported")
     sizes = [(n, _full_numel(p) * p.element_size()) for n, p in module.named_parameters()]
     plan = shard_plan(sizes, shard_bytes)
     owner = {name: i for i, names in enumerate(plan) for name in names}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from llama_rlhf.actors.batches import PackedBatch, PairBatch, left_pad
-from llama_rlhf.config import Config
+from llama_rlhf.config import Config, ConfigError
 from llama_rlhf.data.chat import encode_dialog, encode_exchange, encode_prompt
 from llama_rlhf.data.loaders import PreferenceOptions, load_preferences, load_prompts, load_sft
 from llama_rlhf.data.mix import mix_report
@@ -34,6 +34,9 @@ class Datasets:
     gatt_eval: list = field(default_factory=list)
     world: object | None = None
     reports: list[str] = field(default_factory=list)
+    rm_eval: dict[str, list[Preference]] = field(default_factory=dict)
+    """Held-out pairs per RM ("helpful", "safety") from the given sources (`data.rm_eval_pairs`); empty =
+    the world's eval pairs."""
 
 
 def load_datasets(cfg: Config) -> Datasets:
@@ -50,17 +53,37 @@ def load_datasets(cfg: Config) -> Datasets:
 
     sft = from_file(d.sft_path, load_sft) if d.sft_path else world.sft_records()
     prefs = _preferences(cfg, world, reports)
+    prefs, rm_eval = _hold_out(prefs, d.rm_eval_pairs, cfg.run.seed, reports)
+    reports += mix_report(prefs, cfg.reward.helpful_mix_other, cfg.reward.safety_mix_helpful_ratio)
     rl = from_file(d.prompts_path, load_prompts) if d.prompts_path else world.rlhf_prompts()
     ev = from_file(d.eval_prompts_path, load_prompts) if d.eval_prompts_path else world.eval_prompts()
     gatt, gatt_eval = [], []
     if cfg.gatt.enabled:
         gatt = world.gatt_dialogs("train")
         gatt_eval = world.gatt_dialogs("eval")
-    return Datasets(sft, prefs, rl, ev, gatt, gatt_eval, world, reports)
+    return Datasets(sft, prefs, rl, ev, gatt, gatt_eval, world, reports, rm_eval)
+
+
+def _hold_out(prefs: list[Preference], n: int, seed: int, reports: list[str]):
+    """(training pairs, {"helpful": n non-safety pairs, "safety": n safety pairs}) drawn by `seed`; too few
+    pairs on a side to leave any for training is refused here, at start."""
+    if n == 0:
+        return prefs, {}
+    rng = random.Random(f"{seed}:rm-eval-holdout")
+    held: dict[str, list[Preference]] = {}
+    for which, safety in (("helpful", False), ("safety", True)):
+        side = [p for p in prefs if p.is_safety == safety]
+        if len(side) <= n:
+            raise ConfigError(f"data.rm_eval_pairs: {n} held out per RM leaves no {which} RM training pairs "
+                             f"(the sources hold {len(side)})")
+        held[which] = rng.sample(side, n)
+    out = {id(p) for ps in held.values() for p in ps}
+    reports.append(f"RM accuracy on {n} held-out pairs per RM (data.rm_eval_pairs), not trained on")
+    return [p for p in prefs if id(p) not in out], held
 
 
 def _preferences(cfg: Config, world, reports: list[str]) -> list[Preference]:
-    """Every preference source, each pair tagged with its source and role, and the RM mix they make."""
+    """Every preference source, each pair tagged with its source and role."""
     d, prefs = cfg.data, []
     sources = [(s.name or s.path, s.path, s.kind, s.is_safety) for s in d.preferences]
     if d.preference_path:
@@ -78,7 +101,6 @@ def _preferences(cfg: Config, world, reports: list[str]) -> list[Preference]:
         prefs = world.preference_records()
         for p in prefs:
             p.source = "world"
-    reports += mix_report(prefs, cfg.reward.helpful_mix_other, cfg.reward.safety_mix_helpful_ratio)
     return prefs
 
 

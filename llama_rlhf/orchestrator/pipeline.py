@@ -85,14 +85,17 @@ def _context(cfg: Config, run: RunDir, progress):
 
 
 def _rm_eval_pairs(ctx, pair_batch) -> dict:
-    """Held-out pairs per RM (own domain), from the world's eval split, clean (noise-free) labels."""
+    """Held-out pairs per RM (own domain): those held out of the given sources (`data.rm_eval_pairs`), else
+    the world's eval split with clean (noise-free) labels."""
     from llama_rlhf.data.world import preference_for
 
+    max_len = ctx.cfg.reward.helpful.max_len
+    if ctx.data.rm_eval:
+        return {k: pair_batch(ctx.tok, v, max_len) for k, v in ctx.data.rm_eval.items()}
     world = ctx.data.world
     rng = random.Random(f"{ctx.cfg.run.seed}:rm-eval")
     prompts = world.prompts("eval", 2 * ctx.cfg.data.world.n_eval, "rm-eval")
     prefs = [x for p in prompts if (x := preference_for(p, rng, noise=0.0)) is not None]
-    max_len = ctx.cfg.reward.helpful.max_len
     return {"helpful": pair_batch(ctx.tok, [p for p in prefs if not p.is_safety], max_len),
             "safety": pair_batch(ctx.tok, [p for p in prefs if p.is_safety], max_len)}
 

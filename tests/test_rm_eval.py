@@ -47,3 +47,4 @@ def test_report_labels_the_rm_judged_evaluation(tmp_path):
     assert "### Reward-model-judged evaluation on the given eval prompts" in text
     assert "| RLHF-V1 (RS) | 0.650 | 1.000 | 0.833 | 3.0 |" in text
     assert "| SFT | 0.200 | 0.000 | – | 2.0 |" in text
+    assert "Gold judge" not in text and "gold helpfulness" not in text  # no empty gold tables

@@ -190,12 +190,16 @@ def headline(run: RunDir) -> str:
 
 
 def body(run: RunDir) -> list[str]:
-    """The report's tables (also what the README's demo section is regenerated from)."""
-    return [headline(run), "", "### Gold judge on held-out prompts (95% bootstrap intervals over prompts)", "",
-            summary_table(run), "", "By prompt kind (unsafe: gold safety; the others: gold helpfulness):", "",
-            kind_table(run), "", "### Reward models: held-out accuracy by rating level", "", rm_table(run), "",
-            "### Ghost Attention: instruction kept at turn t", "", gatt_table(run), "",
-            "### Rejection sampling", "", rs_table(run), "", "### PPO (mean Rc of the batch)", "", ppo_table(run), ""]
+    """The report's tables (also what the README's demo section is regenerated from). A run judged by its
+    reward models (a user's eval prompts) has no gold figures: their sections are left out."""
+    gold = [] if rm_judged_table(run) else [
+        headline(run), "", "### Gold judge on held-out prompts (95% bootstrap intervals over prompts)", "",
+        summary_table(run), "", "By prompt kind (unsafe: gold safety; the others: gold helpfulness):", "",
+        kind_table(run), ""]
+    return gold + ["### Reward models: held-out accuracy by rating level", "", rm_table(run), "",
+                   "### Ghost Attention: instruction kept at turn t", "", gatt_table(run), "",
+                   "### Rejection sampling", "", rs_table(run), "", "### PPO (mean Rc of the batch)", "",
+                   ppo_table(run), ""]
 
 
 def write_plots(run: RunDir) -> list[str]:

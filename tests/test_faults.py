@@ -66,3 +66,34 @@ def test_group_calls_raise_the_first_failure_without_waiting_on_blocked_ranks(ra
     assert time.perf_counter() - t < 60
     ray.cancel(refs[0], force=True)
     assert get_all([ray.put(1), ray.put(2)]) == [1, 2]
+
+
+def test_a_killed_rank_leaves_no_deepspeed_shared_memory_behind(tmp_path):
+    """DeepSpeed's CPU comm layer makes a 64 MiB /dev/shm segment per process and never unlinks it; a rank
+    killed with SIGKILL (a fault, a restart, every test's actor teardown) used to leave it in tmpfs, and a
+    CI run filled its node with ~190 of them. Real DeepSpeed in a real process: the segment is made (the shm
+    op is built and initialized) and is already unlinked when the rank is killed."""
+    import socket
+    import subprocess
+    import sys
+
+    from llama_rlhf.actors.engine import DistSpec, shm_segment
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import os, signal, sys\n"
+        "from llama_rlhf.actors.engine import DistSpec, init_process_group, shm_segment\n"
+        "import deepspeed.comm.comm as c\n"
+        f"d = DistSpec(master_port={port})\n"
+        "init_process_group(d)\n"
+        "print('shm_op', c.cdb.shm_comm_op is not None, 'exists', shm_segment(d).exists(), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                                os.path.join(sys.prefix, "torch_extensions"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    assert "shm_op True exists False" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    assert not shm_segment(DistSpec(master_port=port)).exists()

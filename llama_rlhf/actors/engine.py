@@ -146,6 +146,31 @@ def init_process_group(dist: DistSpec) -> None:
     )
     deepspeed.init_distributed(dist_backend=dist.backend, rank=dist.rank, world_size=dist.world_size,
                                verbose=False)
+    release_shm_segment(dist)
+
+
+def shm_segment(dist: DistSpec) -> Path:
+    """The /dev/shm segment DeepSpeed's CPU comm layer creates for this rank (ops/csrc/cpu/comm/shm.cpp)."""
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{dist.master_addr}_{dist.master_port}_{dist.rank}"
+    return Path("/dev/shm") / name
+
+
+def release_shm_segment(dist: DistSpec) -> bool:
+    """Unlink this rank's DeepSpeed shared-memory all-reduce segment once every rank has mapped it.
+
+    On CPU, DeepSpeed's comm layer gives each process of an all-local group a 64 MiB /dev/shm segment and
+    never unlinks it, so every process that exits or is killed leaves 64 MiB of tmpfs behind, which is
+    memory: a test suite or a long run with restarts filled a 24 GiB node (Ray's OOM killer fired after
+    ~190 leaked segments). The mapping outlives the name, so unlinking after a barrier changes nothing for
+    the running group and lets the kernel free the segment when its last process goes. True if one was
+    removed."""
+    path = shm_segment(dist)
+    if not path.exists():  # GPU (no shm op) or a group whose ranks are not all local: nothing was made
+        return False
+    if dist.world_size > 1:
+        torch.distributed.barrier()  # every peer has opened this rank's segment by now
+    path.unlink(missing_ok=True)
+    return True
 
 
 def hf_config(spec: ModelSpec):

@@ -118,6 +118,16 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
         lo, hi = v2["eval"][f"{name}_ci"]
         assert lo <= v2["eval"][name] <= hi
     assert len(v2["eval"]["gatt"]["kept"]) == 2
+    # where the wall time went: each activity timed, the untimed rest small
+    wall = res["wall_seconds"]
+    spent = wall["by_activity"]
+    for activity in ("start-up: Ray", "start-up: rollout engines", "train: policy (SFT, rejection-sampling fine-tune)",
+                     "train: reward models", "generate: rollout engines", "score: reward models", "weight sync",
+                     "train: PPO (policy and critic)", "evaluation: policy (generate and judge)",
+                     "load models (DeepSpeed init, checkpoint read)"):
+        assert spent[activity] > 0, activity
+    assert 0.8 * wall["seconds"] < sum(spent.values()) <= wall["seconds"], (spent, wall["seconds"])
+    assert "### Where the wall time went" in report and "| weight sync |" in report
     # the README's demo section is regenerated from the report, not typed
     readme = run_dir.parent / "README.md"
     readme.write_text("intro\n<!-- demo-report:begin -->\nold\n<!-- demo-report:end -->\nrest\n")

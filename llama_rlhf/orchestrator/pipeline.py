@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llama_rlhf.config import Config, config_to_yaml, load_config
 from llama_rlhf.orchestrator.run_dir import RunDir
+from llama_rlhf.orchestrator.timing import Clock
 
 
 def _version_stage(v: int) -> str:
@@ -34,13 +35,17 @@ def run(cfg: Config, run_dir: str | Path | None = None) -> int:
     done = run.state()["done"]
     run.truncate_metrics(done)
     t0 = time.time()
+    before = run.result("wall_seconds")  # a resumed run adds to what the earlier runs spent
+    clock = Clock(before.get("by_activity"))
     with Progress(enabled=cfg.logging.progress) as progress:
-        ctx = _context(cfg, run, progress)
+        ctx = _context(cfg, run, progress, clock)
         try:
             _pipeline(ctx, S)
         finally:
-            _shutdown(ctx)
-    run.mark_done("wall_seconds", {"seconds": time.time() - t0 + run.result("wall_seconds").get("seconds", 0)})
+            with clock("shut down actors"):
+                _shutdown(ctx)
+    run.mark_done("wall_seconds", {"seconds": time.time() - t0 + before.get("seconds", 0),
+                                   "by_activity": {k: round(v, 3) for k, v in clock.totals.items()}})
     from llama_rlhf.orchestrator.report import write_report
 
     path = write_report(run)
@@ -48,7 +53,7 @@ def run(cfg: Config, run_dir: str | Path | None = None) -> int:
     return 0
 
 
-def _context(cfg: Config, run: RunDir, progress):
+def _context(cfg: Config, run: RunDir, progress, clock: Clock):
     import torch
 
     from llama_rlhf.data.mix import TARGETS, mix_counts, mix_metrics
@@ -60,24 +65,29 @@ def _context(cfg: Config, run: RunDir, progress):
 
     random.seed(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
-    if (run.tokenizer_dir / "tokenizer.model").exists():
-        tok = load_tokenizer(run.tokenizer_dir, cfg.tokenizer.sep_token)
-    else:
-        tok = tokenizer_from_config(cfg.tokenizer, run.root, cfg.model.init_checkpoint)
+    with clock("start-up: tokenizer"):
+        if (run.tokenizer_dir / "tokenizer.model").exists():
+            tok = load_tokenizer(run.tokenizer_dir, cfg.tokenizer.sep_token)
+        else:
+            tok = tokenizer_from_config(cfg.tokenizer, run.root, cfg.model.init_checkpoint)
     if cfg.model.init_checkpoint:
         check_init_checkpoint(cfg.model.init_checkpoint, tok.vocab_size)
-    data = load_datasets(cfg)
+    with clock("start-up: data"):
+        data = load_datasets(cfg)
     for line in data.reports:
         progress.note(line)
-    start_ray(cfg.cluster)
+    with clock("start-up: Ray"):
+        start_ray(cfg.cluster)
     with_critic = cfg.iterations.num_versions > cfg.iterations.rs_only_until
     placement = Placement.create(cfg.cluster, with_critic)
-    ctx = Context(cfg, run, tok, data, placement, progress=progress)
+    ctx = Context(cfg, run, tok, data, placement, progress=progress, clock=clock)
     r = cfg.reward  # the RM data mix per source, in the metrics as well as printed above
     ctx.log("data", 0, {k: n for t in TARGETS for k, n in mix_metrics(
         mix_counts(data.preferences, t, r.helpful_mix_other, r.safety_mix_helpful_ratio), f"mix/{t}/").items()})
-    ctx.rm_eval_pairs = _rm_eval_pairs(ctx, pair_batch)
-    _start_actors(ctx, with_critic)
+    with clock("start-up: data"):
+        ctx.rm_eval_pairs = _rm_eval_pairs(ctx, pair_batch)
+    with clock("start-up: training actors"):
+        _start_actors(ctx, with_critic)
     progress.note(f"run folder {run.root}; vocab {tok.vocab_size}; {len(data.sft)} SFT, "
                   f"{len(data.preferences)} preference pairs, {len(data.rlhf_prompts)} RLHF prompts, "
                   f"{len(data.eval_prompts)} eval prompts")
@@ -137,8 +147,10 @@ def _start_rollout(ctx, model_dir: str) -> None:
     if ctx.rollout is None:
         from llama_rlhf.orchestrator import stages as S
 
-        ctx.rollout = RolloutGroup(model_dir, ctx.cfg.cluster, ctx.placement, seed=ctx.cfg.run.seed,
-                                   max_model_len=ctx.cfg.model.max_seq_len, colocation=ctx.placement.colocation)
+        with ctx.clock("start-up: rollout engines"):
+            ctx.rollout = RolloutGroup(model_dir, ctx.cfg.cluster, ctx.placement, seed=ctx.cfg.run.seed,
+                                       max_model_len=ctx.cfg.model.max_seq_len,
+                                       colocation=ctx.placement.colocation)
         ctx.rollout.on_replace = lambda k, synced: _rollout_replaced(ctx, S, k, synced)
         ctx.sync_ready = False
         _write_actors(ctx)
@@ -150,7 +162,8 @@ def _serve(ctx, S, path: str) -> None:
     (started from it, or it was published to them), else load it into the policy and sync."""
     if ctx.rollout.model_dir == Path(path):
         return
-    ctx.policy.load(S.model_spec(ctx, "causal", path, "serve"))
+    with ctx.clock("load models (DeepSpeed init, checkpoint read)"):
+        ctx.policy.load(S.model_spec(ctx, "causal", path, "serve"))
     ctx.rollout.set_model_dir(path)
     S.sync_rollout(ctx)
 
@@ -158,6 +171,11 @@ def _serve(ctx, S, path: str) -> None:
 def _evaluate(ctx, name: str, stage: str, temperature: float | None = None, gatt: bool = True) -> dict:
     """Gold evaluation of the policy the engines serve (held-out prompts, intervals over prompts) and,
     when `gatt`, Ghost Attention consistency over `data.world.gatt_eval_turns` turns."""
+    with ctx.clock("evaluation: policy (generate and judge)"):
+        return _evaluate_policy(ctx, name, stage, temperature, gatt)
+
+
+def _evaluate_policy(ctx, name: str, stage: str, temperature: float | None, gatt: bool) -> dict:
     from llama_rlhf.orchestrator import stages as S
     from llama_rlhf.orchestrator.evaluation import gatt_consistency, gold_eval, rm_eval_prompts
 
@@ -193,8 +211,9 @@ def _gold_judged(cfg) -> bool:
 
 
 def _load_rms(ctx, S, rm_paths: dict, tag: str) -> None:
-    for name in S.RM_NAMES:
-        ctx.rm[name].load(S.model_spec(ctx, "scalar", rm_paths[name], tag))
+    with ctx.clock("load models (DeepSpeed init, checkpoint read)"):
+        for name in S.RM_NAMES:
+            ctx.rm[name].load(S.model_spec(ctx, "scalar", rm_paths[name], tag))
 
 
 def _baselines(ctx, S, sft_path: str, rm_paths: dict) -> dict:
@@ -237,8 +256,7 @@ def _pipeline(ctx, S) -> None:
             run.mark_done(stage, S.train_reward_model(ctx, name, prefs, sft_path, stage))
         rm_paths[name] = str(run.ckpt(stage))
     if not run.is_done("eval/sft"):  # RM-judged: needs the reward models
-        for name in S.RM_NAMES:
-            ctx.rm[name].load(S.model_spec(ctx, "scalar", rm_paths[name], "eval/rm_serve"))
+        _load_rms(ctx, S, rm_paths, "eval/rm_serve")
         run.mark_done("eval/sft", _evaluate(ctx, "SFT", "eval/sft"))
 
     # controls: sampling temperature alone, and a random pick in place of the reward model's

@@ -49,15 +49,17 @@ def ppo_iteration(ctx: Context, version: int, it: int, reward_fn: RewardFn = rm_
     prompt_ids = prompt_token_ids(tok, prompts, ctx.max_prompt_len, ctx.truncation)
 
     # 1. rollout with the current policy (vLLM)
-    outs = ctx.rollout.generate(prompt_ids, 1, p.temperature, p.top_p, p.max_new_tokens, seed)
+    with ctx.clock("generate: rollout engines"):
+        outs = ctx.rollout.generate(prompt_ids, 1, p.temperature, p.top_p, p.max_new_tokens, seed)
     responses = [o[0].token_ids for o in outs]
     seq = sequence_batch(prompt_ids, responses, tok.pad_id)
     mask = seq.response_mask.float()
 
     # 2. score: both reward models, the reference and the current policy, the critic (all at once)
-    (scores, reward_metrics), logp, ref_logp, values = gather(
-        lambda: reward_fn(ctx, prompts, prompt_ids, responses), lambda: ctx.policy.logprobs(seq),
-        lambda: ctx.reference.logprobs(seq), lambda: ctx.critic.values(seq))
+    with ctx.clock("score: PPO (reward models, policy, reference, critic)"):
+        (scores, reward_metrics), logp, ref_logp, values = gather(
+            lambda: reward_fn(ctx, prompts, prompt_ids, responses), lambda: ctx.policy.logprobs(seq),
+            lambda: ctx.reference.logprobs(seq), lambda: ctx.critic.values(seq))
 
     # 3. shape: R = WHITEN(LOGIT(Rc)) on the last token - beta * KL(pi || pi_0) on every token
     rewards, kl = shaped_rewards(scores, logp, ref_logp, mask, p.kl_coef, p.kl_estimator)
@@ -68,9 +70,11 @@ def ppo_iteration(ctx: Context, version: int, it: int, reward_fn: RewardFn = rm_
 
     # 5. update policy and critic: one gradient step per minibatch
     batch = PPOBatch(seq.input_ids, seq.attention_mask, seq.response_mask, logp, advantages, values, returns)
-    pm, cm = gather(
-        lambda: ctx.policy.ppo_step(batch, p.minibatch_size, p.clip_range, seed, p.micro_batch_size),
-        lambda: ctx.critic.value_step(batch, p.minibatch_size, p.value_clip_range, seed, p.micro_batch_size))
+    with ctx.clock("train: PPO (policy and critic)"):
+        pm, cm = gather(
+            lambda: ctx.policy.ppo_step(batch, p.minibatch_size, p.clip_range, seed, p.micro_batch_size),
+            lambda: ctx.critic.value_step(batch, p.minibatch_size, p.value_clip_range, seed,
+                                          p.micro_batch_size))
 
     # 6. the rollout engines get the new weights
     sync = sync_rollout(ctx)
@@ -88,7 +92,8 @@ def heldout_reward(ctx: Context) -> float:
     """Mean Rc of greedy answers to held-out prompts: the early-stopping signal (RMs, not the judge)."""
     prompts = ctx.data.eval_prompts
     ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
-    outs = ctx.rollout.generate(ids, 1, 0.0, 1.0, ctx.cfg.ppo.max_new_tokens)
+    with ctx.clock("generate: rollout engines"):
+        outs = ctx.rollout.generate(ids, 1, 0.0, 1.0, ctx.cfg.ppo.max_new_tokens)
     _, _, rc = rm_score(ctx, ids, [o[0].token_ids for o in outs], torch.tensor([q.is_safety for q in prompts]))
     return float(rc.mean())
 
@@ -101,10 +106,12 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
     cfg = ctx.cfg
     p = cfg.ppo
     stage = f"v{version}/ppo"
-    ctx.policy.load(model_spec(ctx, "causal", init_path, stage), optim_spec(cfg, p.lr, p.iterations, 0, "constant"))
-    ctx.reference.load(model_spec(ctx, "causal", reference_path, stage + "/ref"))
-    ctx.critic.load(model_spec(ctx, "scalar", critic_init_path, stage + "/critic"),
-                    optim_spec(cfg, p.critic_lr, p.iterations, 0, "constant"))
+    with ctx.clock("load models (DeepSpeed init, checkpoint read)"):
+        ctx.policy.load(model_spec(ctx, "causal", init_path, stage),
+                        optim_spec(cfg, p.lr, p.iterations, 0, "constant"))
+        ctx.reference.load(model_spec(ctx, "causal", reference_path, stage + "/ref"))
+        ctx.critic.load(model_spec(ctx, "scalar", critic_init_path, stage + "/critic"),
+                        optim_spec(cfg, p.critic_lr, p.iterations, 0, "constant"))
     # the engines already serve the RS checkpoint PPO starts from: the pipeline published it
     task = ctx.progress.add(stage, p.iterations) if ctx.progress else None
     best, since_best, history, start = float("-inf"), 0, [], 0

@@ -199,7 +199,19 @@ def body(run: RunDir) -> list[str]:
     return gold + ["### Reward models: held-out accuracy by rating level", "", rm_table(run), "",
                    "### Ghost Attention: instruction kept at turn t", "", gatt_table(run), "",
                    "### Rejection sampling", "", rs_table(run), "", "### PPO (mean Rc of the batch)", "",
-                   ppo_table(run), ""]
+                   ppo_table(run), "", "### Where the wall time went", "", time_table(run), ""]
+
+
+def time_table(run: RunDir) -> str:
+    """Exclusive seconds per activity (orchestrator/timing.py), largest first, and the untimed rest."""
+    from llama_rlhf.orchestrator.timing import breakdown
+
+    w = run.state()["results"].get("wall_seconds", {})
+    if "by_activity" not in w:
+        return "not recorded (a run made before the breakdown existed, or still running)"
+    rows = ["| activity | seconds | share |", "|---|---|---|"]
+    rows += [f"| {k} | {v:.0f} | {share:.1%} |" for k, v, share in breakdown(w["by_activity"], w["seconds"])]
+    return "\n".join(rows + [f"| total (wall) | {w['seconds']:.0f} | 100% |"])
 
 
 def write_plots(run: RunDir) -> list[str]:

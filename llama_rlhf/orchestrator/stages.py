@@ -37,6 +37,7 @@ from llama_rlhf.orchestrator.datasets import (
 from llama_rlhf.orchestrator.evaluation import rm_eval
 from llama_rlhf.orchestrator.guards import check_metrics
 from llama_rlhf.orchestrator.run_dir import RunDir
+from llama_rlhf.orchestrator.timing import Clock
 
 RM_NAMES = ("helpful", "safety")
 
@@ -61,6 +62,8 @@ class Context:
     rm_eval_pairs: dict = field(default_factory=dict)
     sync_ready: bool = False
     progress: object = None
+    clock: Clock = field(default_factory=Clock)
+    """Exclusive wall seconds per activity (the report's time breakdown)."""
     truncation: Counter = field(default_factory=Counter)
     """Sequences cut to fit since the last `flush_truncation` (logged per stage)."""
 
@@ -115,10 +118,11 @@ def save_checkpoint(ctx: Context, group, stage: str) -> str:
     names are flat (`rm_helpful_v2`, not `v2/rm_helpful`): committing `v2` replaces that whole folder."""
     if "/" in stage:
         raise ValueError(f"checkpoint name {stage!r}: must not contain '/'")
-    tmp = ctx.run.staging(stage)
-    group.save_hf(str(tmp))
-    ctx.tok.save(tmp)
-    return str(ctx.run.commit(stage))
+    with ctx.clock("save checkpoints"):
+        tmp = ctx.run.staging(stage)
+        group.save_hf(str(tmp))
+        ctx.tok.save(tmp)
+        return str(ctx.run.commit(stage))
 
 
 # --------------------------------------------------------------------------- supervised training
@@ -141,11 +145,14 @@ def fit_packed(ctx: Context, stage: str, records: list[SFTRecord], lr: float, ep
                           sft_samples_cut_at_end=stats.num_truncated, sft_samples_dropped=stats.num_dropped)
     cut = flush_truncation(ctx, stage)
     steps = [b for batches, _ in plan for b in batches if b.rows() >= n]
-    ctx.policy.load(model_spec(ctx, "causal", init_path, stage), optim_spec(ctx.cfg, lr, len(steps), warmup_steps))
+    with ctx.clock("load models (DeepSpeed init, checkpoint read)"):
+        ctx.policy.load(model_spec(ctx, "causal", init_path, stage),
+                        optim_spec(ctx.cfg, lr, len(steps), warmup_steps))
     task = ctx.progress.add(stage, len(steps)) if ctx.progress else None
     first = last = None
     for i, batch in enumerate(steps):
-        m = ctx.policy.sft_step(batch, _num_micro(batch.rows(), n, s.micro_batch_size))
+        with ctx.clock("train: policy (SFT, rejection-sampling fine-tune)"):
+            m = ctx.policy.sft_step(batch, _num_micro(batch.rows(), n, s.micro_batch_size))
         ctx.guard(stage, i, {k: v for k, v in m.items() if k != "rank"})
         first = first if first is not None else m["loss"]
         last = m["loss"]
@@ -179,13 +186,15 @@ def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_p
     chunks = [mix[i:i + rc.batch_pairs] for i in range(0, len(mix), rc.batch_pairs)] * rc.epochs
     chunks = [c for c in chunks if len(c) >= group.n]
     total = len(chunks)
-    group.load(model_spec(ctx, "scalar", init_path, stage),
-               optim_spec(ctx.cfg, rc.lr, total, rm_warmup_steps(total, rc.warmup_ratio, rc.min_warmup_steps)))
+    with ctx.clock("load models (DeepSpeed init, checkpoint read)"):
+        group.load(model_spec(ctx, "scalar", init_path, stage),
+                   optim_spec(ctx.cfg, rc.lr, total, rm_warmup_steps(total, rc.warmup_ratio, rc.min_warmup_steps)))
     aux = rc.aux_safety_weight if which == "safety" else 0.0
     task = ctx.progress.add(stage, total) if ctx.progress else None
     for i, chunk in enumerate(chunks):
-        m = group.train_step(pair_batch(ctx.tok, chunk, rc.max_len, ctx.truncation), rc.margin, aux,
-                             rc.micro_batch_pairs)
+        with ctx.clock("train: reward models"):
+            m = group.train_step(pair_batch(ctx.tok, chunk, rc.max_len, ctx.truncation), rc.margin, aux,
+                                 rc.micro_batch_pairs)
         ctx.guard(stage, i, m)
         if i % ctx.cfg.logging.log_every == 0 or i == total - 1:
             ctx.log(stage, i, m)
@@ -193,8 +202,9 @@ def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_p
             ctx.progress.advance(task, f"loss {m['loss']:.3f} acc {m['accuracy']:.2f}")
     if not aux:  # the count matters only where the auxiliary loss reads the labels
         ctx.truncation.pop("pairs_without_safety_labels", None)
-    result = {"pairs": len(mix), "steps": total, **flush_truncation(ctx, stage, total),
-              **rm_eval(group, ctx.rm_eval_pairs[which])}
+    with ctx.clock("evaluation: reward models (held-out pairs)"):
+        accuracy = rm_eval(group, ctx.rm_eval_pairs[which])
+    result = {"pairs": len(mix), "steps": total, **flush_truncation(ctx, stage, total), **accuracy}
     result.update(mix_metrics(Counter(map(label_of, mix))))
     result["checkpoint"] = save_checkpoint(ctx, group, ckpt or stage)
     ctx.log(stage, total, {k: v for k, v in result.items() if isinstance(v, int | float)})
@@ -206,7 +216,8 @@ def rm_score(ctx: Context, prompts: list[list[int]], responses: list[list[int]],
     from llama_rlhf.actors.remote import gather
 
     seq = sequence_batch(prompts, responses, ctx.tok.pad_id)
-    rh, rs = gather(lambda: ctx.rm["helpful"].score(seq), lambda: ctx.rm["safety"].score(seq))
+    with ctx.clock("score: reward models"):
+        rh, rs = gather(lambda: ctx.rm["helpful"].score(seq), lambda: ctx.rm["safety"].score(seq))
     return rh, rs, combine_rewards(rh, rs, is_safety, ctx.cfg.ppo.safety_threshold)
 
 
@@ -215,6 +226,11 @@ def rm_score(ctx: Context, prompts: list[list[int]], responses: list[list[int]],
 
 def sync_rollout(ctx: Context) -> dict:
     """Push the policy's current weights into every vLLM engine (ZeRO-3 gather + bucketed broadcast)."""
+    with ctx.clock("weight sync"):
+        return _sync_rollout(ctx)
+
+
+def _sync_rollout(ctx: Context) -> dict:
     from llama_rlhf.actors.weight_sync import DEFAULT_BUCKET_BYTES, SyncMeta
 
     backend = ctx.placement.backend
@@ -257,8 +273,9 @@ def collect_preferences(ctx: Context, version: int) -> list[Preference]:
     seed = stage_seed(ctx.cfg.run.seed, "collect", version)
     t_lo, t_hi = ctx.cfg.iterations.preference_temperatures
     rs = ctx.cfg.rejection_sampling
-    a = ctx.rollout.generate(ids, 1, t_lo, rs.top_p, rs.max_new_tokens, seed)
-    b = ctx.rollout.generate(ids, 1, t_hi, rs.top_p, rs.max_new_tokens, seed + 1)
+    with ctx.clock("generate: rollout engines"):
+        a = ctx.rollout.generate(ids, 1, t_lo, rs.top_p, rs.max_new_tokens, seed)
+        b = ctx.rollout.generate(ids, 1, t_hi, rs.top_p, rs.max_new_tokens, seed + 1)
     rng = random.Random(seed)
     out = []
     for p, x, y in zip(prompts, a, b):

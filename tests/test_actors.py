@@ -341,9 +341,8 @@ def test_critic_values_shape_and_value_step_lowers_loss(critic, data):
 
 
 def test_weight_sync_zero3_policy_to_vllm(policy, trained, rollout, data, tmp_path):
-    import ray
-
     from llama_rlhf.actors.batches import sequence_batch
+    from llama_rlhf.actors.remote import push_weights
     from llama_rlhf.actors.weight_sync import DEFAULT_BUCKET_BYTES, SyncMeta
 
     tok, prompts = data["tok"], data["prompt_ids"][:6]
@@ -365,24 +364,14 @@ def test_weight_sync_zero3_policy_to_vllm(policy, trained, rollout, data, tmp_pa
           f"logprob gap {gap0:.2e}")
     assert equal0 < len(prompts) or gap0 > 1e-2
 
-    # wired exactly like orchestrator.stages.sync_rollout
     t0 = time.perf_counter()
-    host, port = policy.weight_sync_endpoint()
-    refs = rollout.init_weight_sync(host, port, "gloo")
-    refs += policy.init_weight_sync(host, port, rollout.sync_world_size, "gloo")
-    ray.get(refs)
-    t_init = time.perf_counter() - t0
-    wire = policy.sync_meta("float32", DEFAULT_BUCKET_BYTES)
-    t0 = time.perf_counter()
-    recv = rollout.receive_weights(SyncMeta.from_wire(wire))
-    stats = ray.get(policy.sync_weights(wire))[0]
-    received = ray.get(recv)
+    stats = push_weights(policy, rollout, "gloo", "float32", init=True)  # as orchestrator.stages.sync_rollout
     wall = time.perf_counter() - t0
-    print(f"[actors] sync (group init {t_init:.2f}s): {stats['bytes'] / 1e6:.2f} MB in {stats['buckets']} "
-          f"bucket(s); sender gather+send {stats['seconds'] * 1e3:.0f} ms = {stats['mb_per_s']:.0f} MB/s; "
-          f"receiver incl. reload {received[0].seconds * 1e3:.0f} ms; end to end {wall * 1e3:.0f} ms = "
-          f"{stats['bytes'] / 1e6 / wall:.0f} MB/s")
-    assert stats["bytes"] == SyncMeta.from_wire(wire).total_bytes == received[0].bytes
+    print(f"[actors] sync (group init included): {stats['bytes'] / 1e6:.2f} MB in {stats['buckets']} bucket(s); "
+          f"sender gather+send {stats['seconds'] * 1e3:.0f} ms = {stats['mb_per_s']:.0f} MB/s; receiver incl. "
+          f"reload {stats['receiver_seconds'] * 1e3:.0f} ms; end to end {wall * 1e3:.0f} ms")
+    wire = policy.sync_meta("float32", DEFAULT_BUCKET_BYTES)
+    assert stats["bytes"] == SyncMeta.from_wire(wire).total_bytes == stats["received_bytes"]
 
     equal1, gap1, _ = compare()
     print(f"[actors] after sync: {equal1}/{len(prompts)} greedy equal, vLLM vs PolicyGroup.logprobs "
@@ -430,3 +419,27 @@ def test_ppo_step_on_a_rollout_batch(policy, trained, reference, reward_model, c
     assert 0.0 <= pm["policy/clipfrac"] <= 1.0 and 0.0 <= cm["value/clipfrac"] <= 1.0
     assert pm["policy/ratio"] > 0 and pm["policy/entropy"] > 0
     assert float((after - logp).abs().max()) > 0  # the step changed the policy
+
+
+# --------------------------------------------------------------------------- faults (last: kills the engine)
+
+
+def test_engine_lost_mid_sync_raises_its_actor_error(policy, rollout):
+    """A rollout engine killed while the policy syncs: the sender sees only a closed connection (a plain
+    RuntimeError from gloo), which the fault layer would not restart from; `push_weights` raises the
+    engine's RayActorError instead, so the run restarts (the CI failure of the fault matrix)."""
+    import os
+    import signal
+
+    import ray
+
+    from llama_rlhf.actors.remote import push_weights
+    from llama_rlhf.orchestrator.faults import actor_fault
+
+    push_weights(policy, rollout, "gloo", "float32", init=True)  # a live sync group, as mid-PPO
+    os.kill(rollout.processes()[0]["pid"], signal.SIGKILL)
+    with pytest.raises(ray.exceptions.RayActorError) as e:
+        push_weights(policy, rollout, "gloo", "float32", init=False, lost_timeout_s=120)
+    assert actor_fault(e.value) is e.value
+    print(f"[actors] engine killed before a sync: {type(e.value).__name__}"
+          + (f", raised from the sender's {type(e.value.__cause__).__name__}" if e.value.__cause__ else ""))

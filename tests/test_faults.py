@@ -97,3 +97,31 @@ def test_a_killed_rank_leaves_no_deepspeed_shared_memory_behind(tmp_path):
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     assert "shm_op True exists False" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
     assert not shm_segment(DistSpec(master_port=port)).exists()
+
+
+def test_a_peer_error_is_traced_to_the_lost_actor(ray_local):
+    """When a receiver dies mid-collective its sender fails with a plain connection error; `lost_actor`
+    finds the dead actor's RayActorError among the receivers' refs (what `push_weights` raises instead)."""
+    import time
+
+    import ray
+
+    from llama_rlhf.actors.remote import lost_actor
+    from llama_rlhf.orchestrator.faults import actor_fault
+
+    @ray.remote(num_cpus=0.1)
+    class Receiver:
+        def pid(self):
+            return os.getpid()
+
+        def receive(self, seconds):
+            time.sleep(seconds)
+            return seconds
+
+    alive, doomed = Receiver.remote(), Receiver.remote()
+    pid = ray.get(doomed.pid.remote())
+    refs = [alive.receive.remote(0.1), doomed.receive.remote(60)]
+    os.kill(pid, signal.SIGKILL)
+    err = lost_actor(refs, timeout_s=30)
+    assert isinstance(err, ray.exceptions.RayActorError) and actor_fault(err) is err
+    assert lost_actor([alive.receive.remote(0.1)], timeout_s=30) is None  # nobody lost: the sender's error stands

@@ -149,12 +149,9 @@ def test_vllm_greedy_equals_transformers(rollout, folder, tok, prompts):
 
 
 def test_weight_sync_leaves_vllm_logprobs_equal_to_the_policy(ray_local, rollout, folder, tok, prompts, tmp_path):
-    import ray
-
     from llama_rlhf.actors.batches import sequence_batch
     from llama_rlhf.actors.engine import ModelSpec, OptimSpec, ZeroSpec
-    from llama_rlhf.actors.remote import PolicyGroup
-    from llama_rlhf.actors.weight_sync import DEFAULT_BUCKET_BYTES, SyncMeta
+    from llama_rlhf.actors.remote import PolicyGroup, push_weights
     from llama_rlhf.data.loaders import load_sft
     from llama_rlhf.orchestrator.datasets import packed_batches
 
@@ -171,15 +168,7 @@ def test_weight_sync_leaves_vllm_logprobs_equal_to_the_policy(ray_local, rollout
         equal0, gap0, _ = _compare(rollout, new, prompts, tok.eos_id)
         assert equal0 < len(prompts) or gap0 > 1e-2  # the engine still serves the old weights
 
-        # wired exactly like orchestrator.stages.sync_rollout
-        host, port = policy.weight_sync_endpoint()
-        refs = rollout.init_weight_sync(host, port, "gloo")
-        refs += policy.init_weight_sync(host, port, rollout.sync_world_size, "gloo")
-        ray.get(refs)
-        wire = policy.sync_meta("float32", DEFAULT_BUCKET_BYTES)
-        recv = rollout.receive_weights(SyncMeta.from_wire(wire))
-        stats = ray.get(policy.sync_weights(wire))[0]
-        ray.get(recv)
+        stats = push_weights(policy, rollout, "gloo", "float32", init=True)  # as orchestrator.stages.sync_rollout
 
         equal1, gap1, samples = _compare(rollout, new, prompts, tok.eos_id)
         seq = sequence_batch(prompts, [s.token_ids for s in samples], tok.pad_id)

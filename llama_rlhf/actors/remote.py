@@ -63,6 +63,51 @@ def get_all(refs: list) -> list:
     return ray.get(refs)
 
 
+def push_weights(policy, rollout, backend: str, dtype: str, init: bool, lost_timeout_s: float = 60.0) -> dict:
+    """Push the policy's current weights into every engine of `rollout` (ZeRO-3 gather + bucketed broadcast),
+    building the sync group first when `init`; returns the sender's stats, with the bytes every engine
+    received and the slowest engine's seconds (its reload included).
+
+    A receiving engine that dies mid-sync shows on the sender's side only as a closed connection (a plain
+    RuntimeError from gloo or NCCL): the engine's own RayActorError is raised instead, chained to it, so
+    that the fault layer (orchestrator/faults.py) recognises a lost actor and restarts the run."""
+    from llama_rlhf.actors.weight_sync import DEFAULT_BUCKET_BYTES, SyncMeta
+
+    receivers: list = []
+    try:
+        if init:
+            host, port = policy.weight_sync_endpoint()
+            receivers = rollout.init_weight_sync(host, port, backend)
+            get_all(receivers + policy.init_weight_sync(host, port, rollout.sync_world_size, backend))
+        wire = policy.sync_meta(dtype, DEFAULT_BUCKET_BYTES)
+        receivers = rollout.receive_weights(SyncMeta.from_wire(wire))
+        sent = policy.sync_weights(wire)
+        done = get_all(sent + receivers)
+        stats, received = dict(done[0]), done[len(sent):]
+    except Exception as e:
+        lost = None if isinstance(e, ray.exceptions.RayActorError) else lost_actor(receivers, lost_timeout_s)
+        if lost is None:
+            raise
+        raise lost from e
+    stats["received_bytes"] = min(r.bytes for r in received)  # every engine got every byte
+    stats["receiver_seconds"] = max(r.seconds for r in received)  # the slowest engine, reload included
+    return stats
+
+
+def lost_actor(refs: list, timeout_s: float):
+    """The RayActorError of the first of `refs` whose actor died (waiting up to `timeout_s` for them to
+    settle), else None."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            return err
+        except Exception:  # noqa: S112 - a peer's own error: look for a lost actor among the others
+            continue
+    return None
+
+
 class Colocation:
     """The hybrid engine's turn-taking when the DeepSpeed roles and the rollout engines share GPUs.
 

@@ -15,7 +15,6 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-import ray
 import torch
 
 from llama_rlhf.actors.batches import sequence_batch
@@ -231,20 +230,11 @@ def sync_rollout(ctx: Context) -> dict:
 
 
 def _sync_rollout(ctx: Context) -> dict:
-    from llama_rlhf.actors.weight_sync import DEFAULT_BUCKET_BYTES, SyncMeta
+    from llama_rlhf.actors.remote import push_weights
 
-    backend = ctx.placement.backend
-    if not ctx.sync_ready or ctx.rollout.needs_sync_init:
-        host, port = ctx.policy.weight_sync_endpoint()
-        refs = ctx.rollout.init_weight_sync(host, port, backend)
-        refs += ctx.policy.init_weight_sync(host, port, ctx.rollout.sync_world_size, backend)
-        ray.get(refs)
-        ctx.sync_ready = True
-    wire = ctx.policy.sync_meta(ctx.cfg.cluster.rollout.dtype, DEFAULT_BUCKET_BYTES)
-    recv = ctx.rollout.receive_weights(SyncMeta.from_wire(wire))
-    sent = ctx.policy.sync_weights(wire)
-    stats = ray.get(sent)[0]
-    ray.get(recv)
+    init = not ctx.sync_ready or ctx.rollout.needs_sync_init
+    stats = push_weights(ctx.policy, ctx.rollout, ctx.placement.backend, ctx.cfg.cluster.rollout.dtype, init)
+    ctx.sync_ready = True
     return stats
 
 

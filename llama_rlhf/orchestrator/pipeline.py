@@ -53,7 +53,7 @@ def run(cfg: Config, run_dir: str | Path | None = None) -> int:
     return 0
 
 
-def _context(cfg: Config, run: RunDir, progress, clock: Clock):
+def _context(cfg: Config, run: RunDir, progress, clock: Clock | None = None):
     import torch
 
     from llama_rlhf.data.mix import TARGETS, mix_counts, mix_metrics
@@ -63,6 +63,7 @@ def _context(cfg: Config, run: RunDir, progress, clock: Clock):
     from llama_rlhf.orchestrator.stages import Context
     from llama_rlhf.tokenizer import load_tokenizer, tokenizer_from_config
 
+    clock = clock or Clock()
     random.seed(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
     with clock("start-up: tokenizer"):

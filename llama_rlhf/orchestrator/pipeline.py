@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llama_rlhf.config import Config, config_to_yaml, load_config
 from llama_rlhf.orchestrator.run_dir import RunDir
-from llama_rlhf.orchestrator.timing import Clock
+from llama_rlhf.orchestrator.timing import LOAD, Clock
 
 
 def _version_stage(v: int) -> str:
@@ -163,7 +163,7 @@ def _serve(ctx, S, path: str) -> None:
     (started from it, or it was published to them), else load it into the policy and sync."""
     if ctx.rollout.model_dir == Path(path):
         return
-    with ctx.clock("load models (DeepSpeed init, checkpoint read)"):
+    with ctx.clock(LOAD):
         ctx.policy.load(S.model_spec(ctx, "causal", path, "serve"))
     ctx.rollout.set_model_dir(path)
     S.sync_rollout(ctx)
@@ -212,7 +212,7 @@ def _gold_judged(cfg) -> bool:
 
 
 def _load_rms(ctx, S, rm_paths: dict, tag: str) -> None:
-    with ctx.clock("load models (DeepSpeed init, checkpoint read)"):
+    with ctx.clock(LOAD):
         for name in S.RM_NAMES:
             ctx.rm[name].load(S.model_spec(ctx, "scalar", rm_paths[name], tag))
 

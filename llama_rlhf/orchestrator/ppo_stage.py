@@ -27,6 +27,7 @@ from llama_rlhf.orchestrator.stages import (
     stage_seed,
     sync_rollout,
 )
+from llama_rlhf.orchestrator.timing import GENERATE, LOAD
 
 RewardFn = Callable[[Context, list, list, list], tuple[torch.Tensor, dict]]
 """(ctx, prompts, prompt ids, response ids) -> (the sequence-level score PPO maximises (N,), metrics)."""
@@ -49,7 +50,7 @@ def ppo_iteration(ctx: Context, version: int, it: int, reward_fn: RewardFn = rm_
     prompt_ids = prompt_token_ids(tok, prompts, ctx.max_prompt_len, ctx.truncation)
 
     # 1. rollout with the current policy (vLLM)
-    with ctx.clock("generate: rollout engines"):
+    with ctx.clock(GENERATE):
         outs = ctx.rollout.generate(prompt_ids, 1, p.temperature, p.top_p, p.max_new_tokens, seed)
     responses = [o[0].token_ids for o in outs]
     seq = sequence_batch(prompt_ids, responses, tok.pad_id)
@@ -92,7 +93,7 @@ def heldout_reward(ctx: Context) -> float:
     """Mean Rc of greedy answers to held-out prompts: the early-stopping signal (RMs, not the judge)."""
     prompts = ctx.data.eval_prompts
     ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
-    with ctx.clock("generate: rollout engines"):
+    with ctx.clock(GENERATE):
         outs = ctx.rollout.generate(ids, 1, 0.0, 1.0, ctx.cfg.ppo.max_new_tokens)
     _, _, rc = rm_score(ctx, ids, [o[0].token_ids for o in outs], torch.tensor([q.is_safety for q in prompts]))
     return float(rc.mean())
@@ -106,7 +107,7 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
     cfg = ctx.cfg
     p = cfg.ppo
     stage = f"v{version}/ppo"
-    with ctx.clock("load models (DeepSpeed init, checkpoint read)"):
+    with ctx.clock(LOAD):
         ctx.policy.load(model_spec(ctx, "causal", init_path, stage),
                         optim_spec(cfg, p.lr, p.iterations, 0, "constant"))
         ctx.reference.load(model_spec(ctx, "causal", reference_path, stage + "/ref"))

@@ -18,6 +18,7 @@ from llama_rlhf.data.records import Prompt, SFTRecord
 from llama_rlhf.orchestrator.datasets import prompt_token_ids
 from llama_rlhf.orchestrator.guards import check_tensor
 from llama_rlhf.orchestrator.stages import Context, fit_packed, flush_truncation, rm_score, stage_seed
+from llama_rlhf.orchestrator.timing import GENERATE, SCORE_RMS
 
 PICKS = ("rm", "random")
 
@@ -44,7 +45,7 @@ def best_of_k_samples(ctx: Context, prompts: list[Prompt], k: int, temperature: 
         raise ValueError(f"pick: must be one of {PICKS}, got {pick!r}")
     rs = ctx.cfg.rejection_sampling
     ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len, ctx.truncation)
-    with ctx.clock("generate: rollout engines"):
+    with ctx.clock(GENERATE):
         outs = ctx.rollout.generate(ids, k, temperature, rs.top_p, rs.max_new_tokens, seed)
     flat_p = [ids[i] for i in range(len(ids)) for _ in range(k)]
     flat_r = [s.token_ids for o in outs for s in o]
@@ -108,13 +109,13 @@ def context_distillation(ctx: Context, version: int) -> tuple[list[SFTRecord], i
     bare = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len, ctx.truncation)
     pre = [Prompt(p.id, build_preprompted(p.messages, ctx.cfg.safety.preprompt)) for p in prompts]
     pre_ids = prompt_token_ids(ctx.tok, pre, ctx.max_prompt_len, ctx.truncation)
-    with ctx.clock("generate: rollout engines"):
+    with ctx.clock(GENERATE):
         with_pp = ctx.rollout.generate(pre_ids, 1, temp, rs.top_p, rs.max_new_tokens, seed)
         without = ctx.rollout.generate(bare, 1, temp, rs.top_p, rs.max_new_tokens, seed)
     seq_w = sequence_batch(bare, [o[0].token_ids for o in with_pp], ctx.tok.pad_id)
     seq_wo = sequence_batch(bare, [o[0].token_ids for o in without], ctx.tok.pad_id)
     answers = [ctx.tok.decode(o[0].token_ids) for o in with_pp]
-    with ctx.clock("score: reward models"):
+    with ctx.clock(SCORE_RMS):
         with_score, without_score = ctx.rm["safety"].score(seq_w), ctx.rm["safety"].score(seq_wo)
     kept, _ = select_distillation(list(zip(prompts, answers)), with_score, without_score)
     return [SFTRecord(distillation_sample(p.messages, a)) for p, a in kept], len(prompts)

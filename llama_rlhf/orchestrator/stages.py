@@ -36,7 +36,7 @@ from llama_rlhf.orchestrator.datasets import (
 from llama_rlhf.orchestrator.evaluation import rm_eval
 from llama_rlhf.orchestrator.guards import check_metrics
 from llama_rlhf.orchestrator.run_dir import RunDir
-from llama_rlhf.orchestrator.timing import Clock
+from llama_rlhf.orchestrator.timing import GENERATE, LOAD, SCORE_RMS, Clock
 
 RM_NAMES = ("helpful", "safety")
 
@@ -144,7 +144,7 @@ def fit_packed(ctx: Context, stage: str, records: list[SFTRecord], lr: float, ep
                           sft_samples_cut_at_end=stats.num_truncated, sft_samples_dropped=stats.num_dropped)
     cut = flush_truncation(ctx, stage)
     steps = [b for batches, _ in plan for b in batches if b.rows() >= n]
-    with ctx.clock("load models (DeepSpeed init, checkpoint read)"):
+    with ctx.clock(LOAD):
         ctx.policy.load(model_spec(ctx, "causal", init_path, stage),
                         optim_spec(ctx.cfg, lr, len(steps), warmup_steps))
     task = ctx.progress.add(stage, len(steps)) if ctx.progress else None
@@ -185,7 +185,7 @@ def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_p
     chunks = [mix[i:i + rc.batch_pairs] for i in range(0, len(mix), rc.batch_pairs)] * rc.epochs
     chunks = [c for c in chunks if len(c) >= group.n]
     total = len(chunks)
-    with ctx.clock("load models (DeepSpeed init, checkpoint read)"):
+    with ctx.clock(LOAD):
         group.load(model_spec(ctx, "scalar", init_path, stage),
                    optim_spec(ctx.cfg, rc.lr, total, rm_warmup_steps(total, rc.warmup_ratio, rc.min_warmup_steps)))
     aux = rc.aux_safety_weight if which == "safety" else 0.0
@@ -215,7 +215,7 @@ def rm_score(ctx: Context, prompts: list[list[int]], responses: list[list[int]],
     from llama_rlhf.actors.remote import gather
 
     seq = sequence_batch(prompts, responses, ctx.tok.pad_id)
-    with ctx.clock("score: reward models"):
+    with ctx.clock(SCORE_RMS):
         rh, rs = gather(lambda: ctx.rm["helpful"].score(seq), lambda: ctx.rm["safety"].score(seq))
     return rh, rs, combine_rewards(rh, rs, is_safety, ctx.cfg.ppo.safety_threshold)
 
@@ -225,15 +225,11 @@ def rm_score(ctx: Context, prompts: list[list[int]], responses: list[list[int]],
 
 def sync_rollout(ctx: Context) -> dict:
     """Push the policy's current weights into every vLLM engine (ZeRO-3 gather + bucketed broadcast)."""
-    with ctx.clock("weight sync"):
-        return _sync_rollout(ctx)
-
-
-def _sync_rollout(ctx: Context) -> dict:
     from llama_rlhf.actors.remote import push_weights
 
     init = not ctx.sync_ready or ctx.rollout.needs_sync_init
-    stats = push_weights(ctx.policy, ctx.rollout, ctx.placement.backend, ctx.cfg.cluster.rollout.dtype, init)
+    with ctx.clock("weight sync"):
+        stats = push_weights(ctx.policy, ctx.rollout, ctx.placement.backend, ctx.cfg.cluster.rollout.dtype, init)
     ctx.sync_ready = True
     return stats
 
@@ -263,7 +259,7 @@ def collect_preferences(ctx: Context, version: int) -> list[Preference]:
     seed = stage_seed(ctx.cfg.run.seed, "collect", version)
     t_lo, t_hi = ctx.cfg.iterations.preference_temperatures
     rs = ctx.cfg.rejection_sampling
-    with ctx.clock("generate: rollout engines"):
+    with ctx.clock(GENERATE):
         a = ctx.rollout.generate(ids, 1, t_lo, rs.top_p, rs.max_new_tokens, seed)
         b = ctx.rollout.generate(ids, 1, t_hi, rs.top_p, rs.max_new_tokens, seed + 1)
     rng = random.Random(seed)

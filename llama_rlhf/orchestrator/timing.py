@@ -17,6 +17,10 @@ from collections import Counter
 from contextlib import contextmanager
 
 UNTIMED = "other (orchestrator, untimed)"
+# activities timed at several call sites, named once
+GENERATE = "generate: rollout engines"
+LOAD = "load models (DeepSpeed init, checkpoint read)"
+SCORE_RMS = "score: reward models"
 
 
 class Clock:

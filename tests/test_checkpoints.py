@@ -148,3 +148,23 @@ def test_tied_head_trains_and_saves_as_one_tensor_under_zero3(hf_checkpoint, bpe
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def test_streamed_export_names_the_architecture_it_holds(hf_checkpoint, tmp_path):
+    """The streamed export writes `architectures` as save_pretrained does: a causal LM built from a config
+    (the from-scratch policy) has none to inherit, and a reward model read from a causal folder inherits
+    "LlamaForCausalLM"; either way `is_causal_checkpoint` (which decides whether a ZeRO-0/1/2 scalar model
+    gets a fresh head) must read what the folder really holds."""
+    from llama_rlhf.actors.loading import save_hf_streamed
+    from llama_rlhf.models import is_causal_checkpoint, llama_config, load_scalar_model
+
+    lm = LlamaForCausalLM(llama_config("tiny", vocab_size=256, max_seq_len=64))
+    assert lm.config.architectures is None
+    save_hf_streamed(lm, tmp_path / "causal", lm.named_parameters(), write=True)
+    rm = load_scalar_model(hf_checkpoint, seed=1)
+    assert rm.config.architectures == ["LlamaForCausalLM"]  # inherited from the causal folder
+    save_hf_streamed(rm, tmp_path / "scalar", rm.named_parameters(), write=True)
+    assert json.loads((tmp_path / "causal" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert is_causal_checkpoint(tmp_path / "causal") and not is_causal_checkpoint(tmp_path / "scalar")
+    again = load_scalar_model(tmp_path / "scalar", seed=2)  # a critic from this RM keeps the RM's head
+    assert torch.equal(again.score.weight, rm.score.weight)

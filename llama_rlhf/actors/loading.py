@@ -214,6 +214,9 @@ def save_hf_streamed(module: torch.nn.Module, folder: str | Path, tensors: Itera
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
         module.config.dtype = dtype
+        # what the folder holds, as save_pretrained writes it: a model built from a config has none, and a
+        # scalar model read from a causal folder inherits "LlamaForCausalLM" (`is_causal_checkpoint` reads it)
+        module.config.architectures = [type(module).__name__]
         module.config.save_pretrained(folder)
         if getattr(module, "generation_config", None) is not None and module.can_generate():
             module.generation_config.save_pretrained(folder)

@@ -487,11 +487,18 @@ class DeepSpeedModel:
         return client
 
 
-def set_cpu_threads(threads: int | None = None) -> None:
-    """Ray gives fractional-CPU actors OMP_NUM_THREADS=1; the roles run one at a time, so let each use
-    the node's cores (or LLAMA_RLHF_THREADS) for its own turn."""
+def set_cpu_threads(threads: int | None = None, sharing: int = 1) -> None:
+    """Ray gives fractional-CPU actors OMP_NUM_THREADS=1; a role busy on its own uses the node's cores
+    (or LLAMA_RLHF_THREADS), and `sharing` processes busy at once (the ranks of the roles the orchestrator
+    runs together) split them: more compute threads than cores make every one of them slower."""
     if not torch.cuda.is_available():
-        torch.set_num_threads(threads or int(os.environ.get("LLAMA_RLHF_THREADS", os.cpu_count() or 1)))
+        cores = int(os.environ.get("LLAMA_RLHF_THREADS", os.cpu_count() or 1))
+        torch.set_num_threads(threads or cpu_threads(cores, sharing))
+
+
+def cpu_threads(cores: int, sharing: int) -> int:
+    """The compute threads of one of `sharing` processes busy at once on `cores` cores."""
+    return max(1, cores // max(1, sharing))
 
 
 def node_endpoint() -> tuple[str, int]:
@@ -570,3 +577,7 @@ class Role:
 
     def ping(self) -> int:
         return self.dist.rank
+
+    def share_cpu(self, sharing: int) -> None:
+        """CPU nodes: `sharing` processes (this one included) compute at once until told otherwise."""
+        set_cpu_threads(sharing=sharing)

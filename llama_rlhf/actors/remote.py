@@ -46,10 +46,19 @@ def gather(*calls: Callable[[], T]) -> list[T]:
     """
     if len(calls) == 1:
         return [calls[0]()]
+
+    def run(call: Callable[[], T]) -> T:
+        _together.calls = len(calls)  # read by RankGroup._each in this worker thread: the cores are shared
+        return call()
+
     with ThreadPoolExecutor(len(calls), thread_name_prefix="gather") as pool:
-        futures = [pool.submit(c) for c in calls]
+        futures = [pool.submit(run, c) for c in calls]
         wait(futures)
     return [f.result() for f in futures]
+
+
+_together = threading.local()
+"""`calls`: how many group calls `gather` is running at once, as seen from one of its worker threads."""
 
 
 def get_all(refs: list) -> list:
@@ -205,6 +214,7 @@ class RankGroup:
             for i in range(n)
         ]
         self._joined = False
+        self._cpu, self._sharing = backend == "gloo", 1  # each rank starts with all of its node's cores
         self.colocation = colocation
         if colocation is not None:
             colocation.groups.append(self)
@@ -212,6 +222,11 @@ class RankGroup:
     def _each(self, call: Callable, shards: list | None = None) -> list:
         if self.colocation is not None:
             self.colocation.for_training()
+        sharing = getattr(_together, "calls", 1) * self.n
+        if self._cpu and sharing != self._sharing:  # an actor runs its calls in order: this one comes first
+            for r in self.ranks:
+                r.share_cpu.remote(sharing)
+            self._sharing = sharing
         refs = [call(r, shards[i] if shards is not None else None) for i, r in enumerate(self.ranks)]
         return get_all(refs)
 

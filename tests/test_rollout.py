@@ -302,7 +302,7 @@ def test_weight_sync_over_gloo_changes_engine_to_new_weights(group, new_model, p
     assert ray.get(joins, timeout=120) == [[1], [2]]
 
     # 256 KiB buckets: many buckets, and the embedding / MLP weights are each bigger than one; then the
-    # default 64 MiB (one bucket here), which also shows the group is reusable across syncs
+    # default 32 MiB (one bucket here), which also shows the group is reusable across syncs
     for attempt, bucket_bytes in enumerate([256 * 1024, DEFAULT_BUCKET_BYTES]):
         meta = SyncMeta.from_model(new_model, "float32", bucket_bytes=bucket_bytes)
         recv = group.receive_weights(meta, timeout_s=120)

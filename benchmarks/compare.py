@@ -15,17 +15,22 @@ the median over repeats, and the ratio is the median over repeats of each repeat
                         on CPU, bf16 there is ~10x slower), same prompts, batch and max new tokens
   weight sync MB/s      policy -> vLLM sync (ZeRO-3 gather, pack, broadcast, vLLM reload), seen from the
                         driver, vs one raw gloo broadcast of the same bytes between the same two processes
-                        (timed on the wire inside the sender: the limit)
+                        (timed on the wire inside the sender: the limit); again on SmolLM2-135M when
+                        `make smollm2` has put it in models/ (`--sync-model`)
+  RL iteration          responses/s: one PPO iteration of the pipeline's own loop and actors (generate,
+                        score with two RMs, policy, reference and critic, update policy and critic, sync)
+                        vs one step of TRL `GRPOTrainer` on the same prompts and model (`compare_rl.py`
+                        says what each does more or less)
 
-Threads: our trainer ranks use all cores for their turn (`set_cpu_threads`), as does this process for TRL
+Threads: our trainer ranks use all cores when they run alone (`set_cpu_threads`), as does this process for TRL
 and HF; the vLLM engine runs one (Ray's OMP_NUM_THREADS=1 for a fractional-CPU actor: two threads were
 tried and collapsed under a shared machine's load). Rates count real tokens (no padding) for SFT, pairs
-for the RM, generated tokens (up to and with EOS) for the rollout. The online RL iteration pair (PPO vs
-TRL GRPO/RLOO) is not in this script yet.
+for the RM, generated tokens (up to and with EOS) for the rollout. Roles that the pipeline runs at once
+(the RL iteration's scoring and update) split the cores between them (`remote.gather`).
 
     .venv/bin/python benchmarks/compare.py [--repeats 3] [--steps 3] [--rows 8] [--seq-len 256] [--prompts 16]
 
-CPU: about 3 minutes on 2 shared cores (2.5-3.2 measured at load 9-15). vLLM spawns its engine core,
+CPU: about 8 minutes on 2 cores. vLLM spawns its engine core,
 hence the `__main__` guard.
 """
 
@@ -270,7 +275,7 @@ def _send_per_parameter(self, wire):
     return self.sender.send(self.m.named_full_parameters(), SyncMeta.from_wire(wire)).seconds
 
 
-def sync_pairs(a, policy, rollout, backend: str, dtype: str) -> list[Pair]:
+def sync_pairs(a, policy, rollout, backend: str, dtype: str, before: bool = True) -> list[Pair]:
     """The sync now, and (`--sync-before`, one policy rank) the per-parameter-gather sender it replaced,
     each against the raw broadcast of the same bytes; all three back to back in every repeat."""
     import ray
@@ -303,7 +308,8 @@ def sync_pairs(a, policy, rollout, backend: str, dtype: str) -> list[Pair]:
 
     shape = f"{mb:.1f} MB {dtype}, {policy.n} -> 1"
     now = Pair("weight sync", "MB/s", shape, "raw gloo broadcast")
-    old = Pair("sync (before)", "MB/s", shape, "raw gloo broadcast") if a.sync_before and policy.n == 1 else None
+    with_old = before and a.sync_before and policy.n == 1
+    old = Pair("sync (before)", "MB/s", shape, "raw gloo broadcast") if with_old else None
     for fn in (sync(), raw) + ((sync(before=True),) if old else ()):
         fn()  # warm-up
     for r in range(a.repeats):
@@ -322,10 +328,14 @@ def sync_pairs(a, policy, rollout, backend: str, dtype: str) -> list[Pair]:
 # --------------------------------------------------------------------------- output
 
 
+def fmt(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
 def print_table(pairs: list[Pair], load: tuple[float, float]) -> None:
     head = ("pair", "shape", "unit", "ours", "theirs", "theirs is", "ours/theirs", "ours per repeat")
-    rows = [(p.name, p.shape, p.unit, f"{statistics.median(p.ours):,.0f}", f"{statistics.median(p.theirs):,.0f}",
-             p.theirs_name, f"{p.ratio:.2f}x", " ".join(f"{x:,.0f}" for x in p.ours)) for p in pairs]
+    rows = [(p.name, p.shape, p.unit, fmt(statistics.median(p.ours)), fmt(statistics.median(p.theirs)),
+             p.theirs_name, f"{p.ratio:.2f}x", " ".join(fmt(x) for x in p.ours)) for p in pairs]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
     print("\n" + line(head) + "\n" + "  ".join("-" * w for w in widths))
@@ -347,10 +357,12 @@ def parse_args():
     ap.add_argument("--rollout-dtype", default="bfloat16", help="vLLM dtype (the config's default)")
     ap.add_argument("--hf-dtype", default="float32", help="HF generate dtype (fp32: its fast path on CPU)")
     ap.add_argument("--bucket-mb", type=float, default=0, help="weight-sync bucket size (0: the default)")
+    ap.add_argument("--sync-model", default=str(Path(__file__).parents[1] / "models" / "smollm2-135m-instruct"),
+                    help="also time the sync on this HF folder's model (skipped when absent; `make smollm2`)")
     ap.add_argument("--sync-before", type=int, default=1, help="also time the sync's previous sender (1 rank)")
     ap.add_argument("--trl-packing", default="bfd", help="TRL packing_strategy: bfd (its default, padding-free:"
                     " a step is one row of rows x seq-len tokens) or wrapped (rows x seq-len, no per-sample mask)")
-    ap.add_argument("--only", default="sft,rm,rollout,sync", help="comma-separated pairs to run")
+    ap.add_argument("--only", default="sft,rm,rollout,sync,rl", help="comma-separated pairs to run")
     return ap.parse_args()
 
 
@@ -367,7 +379,6 @@ def main() -> None:
     from llama_rlhf.config import ClusterConfig
     from llama_rlhf.data.world import build_world
     from llama_rlhf.models import count_parameters, llama_config
-    from llama_rlhf.orchestrator.datasets import from_world_sft
     from llama_rlhf.tokenizer import shipped_corpus, train_tokenizer
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -384,8 +395,8 @@ def main() -> None:
     cfg = llama_config("tiny", vocab_size=tok.vocab_size, max_seq_len=a.seq_len, pad_token_id=tok.pad_id,
                        bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
     packed, pairs, prompt_ids, _ = build_data(tok, a.seq_len, a.rows, a.pairs, a.prompts, a.max_new)
-    sft_records = [from_world_sft(r) for r in build_world(seed=0, n_sft=200, n_preferences=a.pairs,
-                                                            n_rlhf=a.prompts, n_eval=4).sft_records()]
+    sft_records = build_world(seed=0, n_sft=200, n_preferences=a.pairs,
+                                                            n_rlhf=a.prompts, n_eval=4).sft_records()
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"tiny Llama: {count_parameters(cfg):,} parameters fp32; {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}; load average {load0:.2f}", flush=True)
@@ -412,7 +423,21 @@ def main() -> None:
             done += sync_pairs(a, policy, rollout, backend, a.rollout_dtype)
         rollout.shutdown()
     policy.kill()
+    if "sync" in only and a.sync_model and Path(a.sync_model, "config.json").exists():
+        # the same sync on a real checkpoint's size: the fixed costs (vLLM's reload, the round trips) shrink
+        big = PolicyGroup(1, opts, backend)
+        big.load(ModelSpec("causal", path=a.sync_model, seed=0))
+        engine = RolloutGroup(a.sync_model, cluster, seed=0, max_model_len=a.seq_len)
+        for p in sync_pairs(a, big, engine, backend, a.rollout_dtype, before=False):
+            p.name = f"sync {Path(a.sync_model).name}"
+            done.append(p)
+        engine.shutdown()
+        big.kill()
     ray.shutdown()
+    if "rl" in only:  # the pipeline's own actors, in a Ray of their own
+        from compare_rl import rl_pair
+
+        done.append(rl_pair(a, work, Pair))
     print_table(done, (load0, os.getloadavg()[0]))
 
 

@@ -345,6 +345,9 @@ def print_table(pairs: list[Pair], load: tuple[float, float]) -> None:
     print("ratios (ours/theirs): " + ", ".join(f"{p.name} {p.ratio:.2f}x" for p in pairs))
 
 
+ZERO_PERSISTENCE = 100_000  # cluster.zero.param_persistence_threshold's default
+
+
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="back-to-back (ours, theirs) rounds per pair")
@@ -362,6 +365,9 @@ def parse_args():
     ap.add_argument("--sync-before", type=int, default=1, help="also time the sync's previous sender (1 rank)")
     ap.add_argument("--trl-packing", default="bfd", help="TRL packing_strategy: bfd (its default, padding-free:"
                     " a step is one row of rows x seq-len tokens) or wrapped (rows x seq-len, no per-sample mask)")
+    ap.add_argument("--zero-persistence", type=int, default=ZERO_PERSISTENCE,
+                    help="ZeRO-3 stage3_param_persistence_threshold of our SFT/RM/sync policy (elements; the"
+                    " config's default): smaller parameters stay whole on every rank, with no fetch per forward")
     ap.add_argument("--only", default="sft,rm,rollout,sync,rl", help="comma-separated pairs to run")
     return ap.parse_args()
 
@@ -373,7 +379,7 @@ def main() -> None:
     import ray
     import torch
 
-    from llama_rlhf.actors.engine import ModelSpec, OptimSpec
+    from llama_rlhf.actors.engine import ModelSpec, OptimSpec, ZeroSpec
     from llama_rlhf.actors.remote import PolicyGroup, RewardGroup
     from llama_rlhf.actors.rollout import RolloutGroup
     from llama_rlhf.config import ClusterConfig
@@ -401,7 +407,8 @@ def main() -> None:
     print(f"tiny Llama: {count_parameters(cfg):,} parameters fp32; {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}; load average {load0:.2f}", flush=True)
     optim = OptimSpec(lr=1e-4, schedule="constant")
-    policy = PolicyGroup(1, opts, backend)
+    zero = ZeroSpec(param_persistence_threshold=a.zero_persistence)
+    policy = PolicyGroup(1, opts, backend, zero)
     policy.load(ModelSpec("causal", config=cfg.to_dict(), seed=0), optim)
     v0 = policy.save_hf(str(work / "v0"))
     tok.save(v0)
@@ -410,7 +417,7 @@ def main() -> None:
         done.append(sft_pair(a, policy, packed, trl_sft(tok, v0, sft_records, a.rows, a.seq_len, work,
                                                                        a.trl_packing)))
     if "rm" in only:
-        rm = RewardGroup("helpful", 1, opts, backend)
+        rm = RewardGroup("helpful", 1, opts, backend, zero)
         rm.load(ModelSpec("scalar", path=v0, seed=1), optim)
         done.append(rm_pair(a, rm, pairs, trl_rm(tok, v0, pairs, a.seq_len, work)))
         rm.kill()

@@ -58,7 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py
 
 # Ours vs TRL (SFT, RM, one RL iteration against GRPO), HF generate (rollout) and a raw gloo broadcast (weight
-# sync, also on SmolLM2 when `make smollm2` has run), back to back, medians; about 8 minutes on 2 cores. Bigger: make bench-cpu BENCH_ARGS="--rows 16 --seq-len 512 --prompts 32".
+# sync, also on SmolLM2 when `make smollm2` has run), back to back, medians; about 4 minutes on 2 cores. Bigger: make bench-cpu BENCH_ARGS="--rows 16 --seq-len 512 --prompts 32".
 BENCH_ARGS ?=
 bench-cpu: $(STAMP)
 	$(BIN)/python benchmarks/compare.py $(BENCH_ARGS)

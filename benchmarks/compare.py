@@ -30,7 +30,7 @@ for the RM, generated tokens (up to and with EOS) for the rollout. Roles that th
 
     .venv/bin/python benchmarks/compare.py [--repeats 3] [--steps 3] [--rows 8] [--seq-len 256] [--prompts 16]
 
-CPU: about 8 minutes on 2 cores. vLLM spawns its engine core,
+CPU: about 4 minutes on 2 cores (4m10s measured). vLLM spawns its engine core,
 hence the `__main__` guard.
 """
 

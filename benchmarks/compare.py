@@ -345,9 +345,6 @@ def print_table(pairs: list[Pair], load: tuple[float, float]) -> None:
     print("ratios (ours/theirs): " + ", ".join(f"{p.name} {p.ratio:.2f}x" for p in pairs))
 
 
-ZERO_PERSISTENCE = 100_000  # cluster.zero.param_persistence_threshold's default
-
-
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="back-to-back (ours, theirs) rounds per pair")
@@ -365,9 +362,9 @@ def parse_args():
     ap.add_argument("--sync-before", type=int, default=1, help="also time the sync's previous sender (1 rank)")
     ap.add_argument("--trl-packing", default="bfd", help="TRL packing_strategy: bfd (its default, padding-free:"
                     " a step is one row of rows x seq-len tokens) or wrapped (rows x seq-len, no per-sample mask)")
-    ap.add_argument("--zero-persistence", type=int, default=ZERO_PERSISTENCE,
-                    help="ZeRO-3 stage3_param_persistence_threshold of our SFT/RM/sync policy (elements; the"
-                    " config's default): smaller parameters stay whole on every rank, with no fetch per forward")
+    ap.add_argument("--zero-persistence", type=int, default=None,
+                    help="ZeRO-3 stage3_param_persistence_threshold of our SFT/RM/sync roles (elements; default:"
+                    " the config's): smaller parameters stay whole on every rank, with no fetch per forward")
     ap.add_argument("--only", default="sft,rm,rollout,sync,rl", help="comma-separated pairs to run")
     return ap.parse_args()
 
@@ -401,13 +398,12 @@ def main() -> None:
     cfg = llama_config("tiny", vocab_size=tok.vocab_size, max_seq_len=a.seq_len, pad_token_id=tok.pad_id,
                        bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
     packed, pairs, prompt_ids, _ = build_data(tok, a.seq_len, a.rows, a.pairs, a.prompts, a.max_new)
-    sft_records = build_world(seed=0, n_sft=200, n_preferences=a.pairs,
-                                                            n_rlhf=a.prompts, n_eval=4).sft_records()
+    sft_records = build_world(seed=0, n_sft=200, n_preferences=a.pairs, n_rlhf=a.prompts, n_eval=4).sft_records()
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"tiny Llama: {count_parameters(cfg):,} parameters fp32; {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}; load average {load0:.2f}", flush=True)
     optim = OptimSpec(lr=1e-4, schedule="constant")
-    zero = ZeroSpec(param_persistence_threshold=a.zero_persistence)
+    zero = ZeroSpec() if a.zero_persistence is None else ZeroSpec(param_persistence_threshold=a.zero_persistence)
     policy = PolicyGroup(1, opts, backend, zero)
     policy.load(ModelSpec("causal", config=cfg.to_dict(), seed=0), optim)
     v0 = policy.save_hf(str(work / "v0"))
@@ -432,7 +428,7 @@ def main() -> None:
     policy.kill()
     if "sync" in only and a.sync_model and Path(a.sync_model, "config.json").exists():
         # the same sync on a real checkpoint's size: the fixed costs (vLLM's reload, the round trips) shrink
-        big = PolicyGroup(1, opts, backend)
+        big = PolicyGroup(1, opts, backend, zero)
         big.load(ModelSpec("causal", path=a.sync_model, seed=0))
         engine = RolloutGroup(a.sync_model, cluster, seed=0, max_model_len=a.seq_len)
         for p in sync_pairs(a, big, engine, backend, a.rollout_dtype, before=False):

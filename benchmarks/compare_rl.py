@@ -47,16 +47,15 @@ def ours_ppo(a, work: Path):
                  f"cluster.rollout.dtype={a.rollout_dtype}", f"data.world.n_rlhf={4 * a.prompts}"]
     cfg = load_config(ROOT / "configs" / "ci.yaml", overrides)
     ctx = pipeline._context(cfg, RunDir(work / "ci"), Progress(enabled=False))
-    ctx.policy.load(S.model_spec(ctx, "causal", None, "init"))
-    init = S.save_checkpoint(ctx, ctx.policy, "init")
-    pipeline._start_rollout(ctx, init)
     p = cfg.ppo
-    ctx.policy.load(S.model_spec(ctx, "causal", init, "ppo"), S.optim_spec(cfg, p.lr, 1000, 0, "constant"))
+    ctx.policy.load(S.model_spec(ctx, "causal", None, "init"), S.optim_spec(cfg, p.lr, 1000, 0, "constant"))
+    init = S.save_checkpoint(ctx, ctx.policy, "init")  # what the engine, the reference, critic and RMs start from
+    pipeline._start_rollout(ctx, init)
     ctx.reference.load(S.model_spec(ctx, "causal", init, "ref"))
     ctx.critic.load(S.model_spec(ctx, "scalar", init, "critic"), S.optim_spec(cfg, p.critic_lr, 1000, 0, "constant"))
     for k in ("helpful", "safety"):
         ctx.rm[k].load(S.model_spec(ctx, "scalar", init, f"rm_{k}"))
-    S.sync_rollout(ctx)
+    S.sync_rollout(ctx)  # the sync group is built before the first timed iteration
     its = iter(range(10**6))
 
     def one():

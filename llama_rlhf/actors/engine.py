@@ -487,13 +487,13 @@ class DeepSpeedModel:
         return client
 
 
-def set_cpu_threads(threads: int | None = None, sharing: int = 1) -> None:
+def set_cpu_threads(sharing: int = 1) -> None:
     """Ray gives fractional-CPU actors OMP_NUM_THREADS=1; a role busy on its own uses the node's cores
     (or LLAMA_RLHF_THREADS), and `sharing` processes busy at once (the ranks of the roles the orchestrator
     runs together) split them: more compute threads than cores make every one of them slower."""
     if not torch.cuda.is_available():
         cores = int(os.environ.get("LLAMA_RLHF_THREADS", os.cpu_count() or 1))
-        torch.set_num_threads(threads or cpu_threads(cores, sharing))
+        torch.set_num_threads(cpu_threads(cores, sharing))
 
 
 def cpu_threads(cores: int, sharing: int) -> int:

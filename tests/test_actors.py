@@ -267,6 +267,28 @@ def test_reference_logprobs_equal_policy_from_same_folder(policy, trained, refer
     assert torch.allclose(reference.logprobs(seq.select(0, 1)), ref[:1], atol=PARITY_TOL)
 
 
+def test_rows_of_any_length_score_as_if_alone(policy, trained, reference, data, tmp_path):
+    """The group sorts rows by length and deals them to its 2 ranks, each rank trims the padding no row of
+    its chunk needs (`trim_padding`), and the results come back in the batch's order. Rows from 1 to ~70
+    tokens, scored together in 3 chunks per rank, match each row alone and unpadded in plain transformers."""
+    from llama_rlhf.actors.batches import sequence_batch
+    from llama_rlhf.actors.engine import ModelSpec
+
+    folder = policy.save_hf(str(tmp_path / "ref"))
+    reference.load(ModelSpec("causal", path=folder))
+    prompts = [p[: 3 + 5 * i] for i, p in enumerate(data["prompt_ids"][:16])] * 2 + [sum(data["prompt_ids"][:3], [])]
+    answers = [a[: (7 * i) % 23] for i, a in enumerate(data["answers"] * 9)][: len(prompts)]
+    seq = sequence_batch(prompts, answers, data["tok"].pad_id)
+    got = reference.logprobs(seq)
+    hf = _hf(folder)
+    want = [_hf_logprobs(hf, p, a) for p, a in zip(prompts, answers)]
+    gap = _max_gap(got, want)
+    off = float(got[seq.response_mask == 0].abs().max())
+    print(f"[actors] {seq.rows()} rows of {min(map(len, prompts))}-{max(map(len, prompts))} prompt tokens: "
+          f"max diff vs each row alone {gap:.2e}")
+    assert got.shape == seq.response_mask.shape and gap < LOGPROB_TOL and off == 0.0
+
+
 # --------------------------------------------------------------------------- reward model and critic
 
 

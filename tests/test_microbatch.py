@@ -326,3 +326,38 @@ def test_streamed_export_in_shards_reloads_partitioned_and_in_transformers(setup
     print(f"\n[microbatch] export: {cost['shards']} shards, rank 0 held at most {cost['peak_shard_bytes'] / 2**20:.2f} "
           f"MiB of {cost['bytes'] / 2**20:.1f} MiB")
     assert torch.equal(before, after)
+
+
+# --------------------------------------------------------------------------- pure: padding no row needs
+
+
+def test_trim_padding_cuts_only_columns_that_are_padding_on_every_row():
+    from llama_rlhf.actors.batches import sequence_batch
+    from llama_rlhf.algorithms.batching import pad_response, trim_padding
+
+    seq = sequence_batch([[1, 5, 6], [1, 7], [1, 2, 3, 4, 5, 6]], [[9, 2], [8], []], pad_id=0)
+    seq = seq.select(0, 2)  # the 6-token prompt and the empty response leave only padding behind
+    c, r = trim_padding({**seq.to_dict(), "old": torch.ones(2, seq.response_len), "n": 3})
+    assert r == 2 and c["n"] == 3 and c["old"].shape == (2, 2)
+    assert c["input_ids"].tolist() == [[1, 5, 6, 9, 2], [0, 1, 7, 8, 0]]
+    assert c["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 1, 0]]
+    assert pad_response(c["response_mask"], seq.response_len).tolist() == seq.response_mask.tolist()
+    # no response token at all: one response column stays (its log-prob is read from the state before it)
+    empty, r = trim_padding(seq.to_dict() | {"response_mask": torch.zeros(2, 2)})
+    assert r == 1 and empty["input_ids"].shape == (2, 4)
+    whole = sequence_batch([[1, 5], [1, 7]], [[9, 2], [8]], pad_id=0).to_dict()  # nothing to cut
+    same, r = trim_padding(whole)
+    assert r == 2 and all(torch.equal(same[k], whole[k]) for k in whole)
+
+
+def test_length_balanced_order_sorts_and_deals_rows_to_ranks():
+    from llama_rlhf.algorithms.batching import length_balanced_order
+
+    lengths = torch.tensor([50, 3, 40, 4, 30, 5, 20, 6])
+    order = length_balanced_order(lengths, 2)
+    assert sorted(order.tolist()) == list(range(8))
+    shards = lengths[order].view(2, 4)  # contiguous shards, one per rank
+    assert shards.tolist() == [[3, 5, 20, 40], [4, 6, 30, 50]]
+    back = torch.empty_like(lengths)
+    back[order] = lengths[order]
+    assert torch.equal(back, lengths)

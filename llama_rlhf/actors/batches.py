@@ -33,6 +33,11 @@ class _Rows:
         return replace(self, **{f.name: getattr(self, f.name)[a:b] for f in fields(self)
                                 if isinstance(getattr(self, f.name), torch.Tensor)})
 
+    def take(self, idx: torch.Tensor):
+        """The rows `idx` (any order, repeats allowed)."""
+        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
     def shard(self, parts: int) -> list:
         """Split the rows over data-parallel ranks (contiguous, sizes differ by at most one)."""
         return [self.select(a, b) for a, b in _split_rows(self.rows(), parts)]

@@ -19,7 +19,7 @@ from llama_rlhf.actors.batches import PackedBatch, PairBatch, PPOBatch, Sequence
 from llama_rlhf.actors.engine import DistSpec, ModelSpec, OptimSpec, ZeroSpec
 from llama_rlhf.actors.policy import PolicyTrainer, ReferencePolicy
 from llama_rlhf.actors.scalar import CriticTrainer, RewardModelTrainer
-from llama_rlhf.algorithms.batching import num_micro
+from llama_rlhf.algorithms.batching import length_balanced_order, num_micro
 
 PolicyActor = ray.remote(PolicyTrainer)
 ReferenceActor = ray.remote(ReferencePolicy)
@@ -261,17 +261,22 @@ class RankGroup:
         for r in self.ranks:
             ray.kill(r)
 
-    def _cat(self, call: Callable, batch) -> torch.Tensor:
+    def _cat(self, call: Callable, batch: SequenceBatch) -> torch.Tensor:
         """Scoring fan-out: rows sharded over ranks, each shard in the same number of row chunks, results
-        concatenated in order. ZeRO-3 forwards are collective, so every rank must get rows: a batch
-        smaller than the group is padded by repeats (and cut back)."""
+        returned in the batch's row order. ZeRO-3 forwards are collective, so every rank must get rows: a
+        batch smaller than the group is padded by repeats (and cut back). Rows go out sorted by length
+        (`length_balanced_order`), so the chunks that each rank trims (`trim_padding`) are dense."""
         n_rows = batch.rows()
-        if n_rows < self.n:
-            idx = torch.arange(self.n) % n_rows
-            batch = type(batch)(**{k: v[idx] for k, v in batch.to_dict().items()})
-        shards = batch.shard(self.n)
+        order = length_balanced_order(batch.attention_mask.sum(1), self.n) if n_rows >= self.n else None
+        idx = order if order is not None else torch.arange(self.n) % n_rows
+        shards = batch.take(idx).shard(self.n)
         k = equal_count(shards, self.zero.forward_micro_batch)
-        return torch.cat(self._each(lambda r, b: call(r, b, k), shards))[:n_rows]
+        out = torch.cat(self._each(lambda r, b: call(r, b, k), shards))
+        if order is None:
+            return out[:n_rows]
+        back = torch.empty_like(out)
+        back[order] = out
+        return back
 
 
 class PolicyGroup(RankGroup):

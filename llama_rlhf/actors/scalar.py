@@ -13,7 +13,7 @@ import torch
 
 from llama_rlhf.actors.batches import PairBatch, PPOBatch, SequenceBatch
 from llama_rlhf.actors.engine import Role, StepTimer
-from llama_rlhf.algorithms.batching import micro_batches
+from llama_rlhf.algorithms.batching import micro_batches, pad_response, trim_left, trim_padding
 from llama_rlhf.algorithms.ppo import critic_update
 from llama_rlhf.algorithms.reward import reward_model_loss, rm_accuracy
 
@@ -64,9 +64,11 @@ class RewardModelTrainer(Role):
         """σ(r(x, y)) in (0, 1) per row (B,): the paper thresholds Rs at 0.15 and applies LOGIT to Rc,
         so the served score is the sigmoid of the regression head."""
         self.m.engine.eval()
-        out = [torch.sigmoid(self.m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]},
-                                        out="scores")).cpu()
-               for c in micro_batches(self.m.to_device(batch.to_dict()), num_chunks)]
+        out = []
+        for c in micro_batches(self.m.to_device(batch.to_dict()), num_chunks):
+            c, _ = trim_padding(c)
+            out.append(torch.sigmoid(self.m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]},
+                                                out="scores")).cpu())
         return torch.cat(out)
 
 
@@ -78,7 +80,7 @@ def _stack_pairs(d: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
     ids = torch.cat([lpad(d["chosen_ids"]), lpad(d["rejected_ids"])])
     mask = torch.cat([lpad(d["chosen_mask"]), lpad(d["rejected_mask"])])
-    return ids, mask
+    return trim_left(ids, mask)
 
 
 class CriticTrainer(Role):
@@ -89,9 +91,10 @@ class CriticTrainer(Role):
         self.m.engine.eval()
         out = []
         for c in micro_batches(self.m.to_device(batch.to_dict()), num_chunks):
+            c, r = trim_padding(c)
             v = self.m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]}, out="values",
-                           response_len=batch.response_len)
-            out.append((v * c["response_mask"]).cpu())
+                           response_len=r)
+            out.append(pad_response(v * c["response_mask"], batch.response_len).cpu())
         return torch.cat(out)
 
     def value_step(self, batch: PPOBatch, minibatch_size: int, clip_range: float, seed: int,
@@ -102,11 +105,15 @@ class CriticTrainer(Role):
         r = batch.response_len
         gen = torch.Generator().manual_seed(seed)
         keep = ("input_ids", "attention_mask", "mask", "old_values", "returns")
+
+        def value_fn(_, mb):
+            c, kept = trim_padding(mb, "mask")
+            return pad_response(m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]},
+                                      out="values", response_len=kept), r)
+
         with StepTimer() as t:
             metrics = critic_update(
-                None, {k: d[k] for k in keep},
-                lambda _, mb: m.run({"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"]},
-                                    out="values", response_len=r),
+                None, {k: d[k] for k in keep}, value_fn,
                 m.scaled_backward, minibatch_size=minibatch_size, clip_range=clip_range, generator=gen,
                 micro_batch_size=micro_batch_size or minibatch_size, begin_step=m.begin_step)
         return {**metrics, "seconds": t.seconds[0], **m.end_step()}

@@ -365,6 +365,9 @@ def parse_args():
     ap.add_argument("--zero-persistence", type=int, default=None,
                     help="ZeRO-3 stage3_param_persistence_threshold of our SFT/RM/sync roles (elements; default:"
                     " the config's): smaller parameters stay whole on every rank, with no fetch per forward")
+    ap.add_argument("--zero-stage", type=int, default=None, choices=(0, 1, 2, 3),
+                    help="ZeRO stage of our SFT/RM/sync roles (default: the config's, 3); on one rank stage 3"
+                    " partitions nothing and its per-module hooks are all that differs")
     ap.add_argument("--only", default="sft,rm,rollout,sync,rl", help="comma-separated pairs to run")
     return ap.parse_args()
 
@@ -403,7 +406,8 @@ def main() -> None:
     print(f"tiny Llama: {count_parameters(cfg):,} parameters fp32; {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}; load average {load0:.2f}", flush=True)
     optim = OptimSpec(lr=1e-4, schedule="constant")
-    zero = ZeroSpec() if a.zero_persistence is None else ZeroSpec(param_persistence_threshold=a.zero_persistence)
+    zero = ZeroSpec(**{k: v for k, v in (("stage", a.zero_stage), ("param_persistence_threshold",
+                                                                    a.zero_persistence)) if v is not None})
     policy = PolicyGroup(1, opts, backend, zero)
     policy.load(ModelSpec("causal", config=cfg.to_dict(), seed=0), optim)
     v0 = policy.save_hf(str(work / "v0"))

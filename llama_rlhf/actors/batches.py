@@ -30,11 +30,10 @@ class _Rows:
         return next(t for t in tensors if isinstance(t, torch.Tensor)).shape[0]
 
     def select(self, a: int, b: int):
-        return replace(self, **{f.name: getattr(self, f.name)[a:b] for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        return self.take(slice(a, b))
 
-    def take(self, idx: torch.Tensor):
-        """The rows `idx` (any order, repeats allowed)."""
+    def take(self, idx: torch.Tensor | slice):
+        """The rows `idx` (an index tensor: any order, repeats allowed; or a slice)."""
         return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)
                                 if isinstance(getattr(self, f.name), torch.Tensor)})
 

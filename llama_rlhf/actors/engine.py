@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from llama_rlhf.algorithms.batching import pad_response, trim_padding
 from llama_rlhf.models import (
     DTYPES,
     build_causal_lm,
@@ -381,6 +382,18 @@ class DeepSpeedModel:
     def run(self, batch: dict, **kwargs):
         """One pass (`RolePasses.forward`) through the engine on a batch already on this rank's device."""
         return self.engine(**batch, **kwargs)
+
+    def run_response(self, chunk: dict, out: str, response_key: str = "response_mask", **kwargs):
+        """A pass whose output is per response token (`out` "response_logprobs" or "values") on a chunk of
+        [left-padded prompt | right-padded response] rows: run without the padding no row of the chunk
+        needs (`trim_padding`), each (b, R') output padded back to the chunk's (b, R) with zeros."""
+        width = chunk[response_key].shape[1]
+        c, kept = trim_padding(chunk, response_key)
+        y = self.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]}, out=out,
+                     response_len=kept, **kwargs)
+        if isinstance(y, tuple):
+            return tuple(None if t is None else pad_response(t, width) for t in y)
+        return pad_response(y, width)
 
     def begin_step(self, num_micro: int) -> None:
         """One optimizer step accumulated over `num_micro` micro-batches (the same count on every rank).

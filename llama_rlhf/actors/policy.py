@@ -12,7 +12,7 @@ import torch
 
 from llama_rlhf.actors.batches import PackedBatch, PPOBatch, SequenceBatch
 from llama_rlhf.actors.engine import Role, StepTimer
-from llama_rlhf.algorithms.batching import micro_batches, pad_response, trim_padding
+from llama_rlhf.algorithms.batching import micro_batches
 from llama_rlhf.algorithms.ppo import ppo_update
 from llama_rlhf.algorithms.sft import IGNORE_INDEX
 
@@ -23,10 +23,8 @@ def response_logprobs(m, batch: SequenceBatch, num_chunks: int = 1) -> torch.Ten
     m.engine.eval()
     out = []
     for c in micro_batches(m.to_device(batch.to_dict()), num_chunks):
-        c, r = trim_padding(c)
-        logp, _ = m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]},
-                        out="response_logprobs", response_len=r)
-        out.append(pad_response(logp * c["response_mask"], batch.response_len).cpu())
+        logp, _ = m.run_response(c, "response_logprobs")
+        out.append((logp * c["response_mask"]).cpu())
     return torch.cat(out)
 
 
@@ -99,13 +97,9 @@ class PolicyTrainer(Role):
         m = self.m
         d = m.to_device(batch.to_dict())
         d["mask"] = d.pop("response_mask").float()
-        r = batch.response_len
 
         def logprob_fn(_, mb):
-            c, kept = trim_padding(mb, "mask")
-            logp, entropy = m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]},
-                                  out="response_logprobs", response_len=kept, with_entropy=True)
-            return pad_response(logp, r), pad_response(entropy, r)
+            return m.run_response(mb, "response_logprobs", "mask", with_entropy=True)
 
         # the same permutation on every rank keeps the collective gradient steps in lockstep
         gen = torch.Generator().manual_seed(seed)

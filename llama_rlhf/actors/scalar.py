@@ -13,7 +13,7 @@ import torch
 
 from llama_rlhf.actors.batches import PairBatch, PPOBatch, SequenceBatch
 from llama_rlhf.actors.engine import Role, StepTimer
-from llama_rlhf.algorithms.batching import micro_batches, pad_response, trim_left, trim_padding
+from llama_rlhf.algorithms.batching import micro_batches, trim_left, trim_padding
 from llama_rlhf.algorithms.ppo import critic_update
 from llama_rlhf.algorithms.reward import reward_model_loss, rm_accuracy
 
@@ -91,10 +91,7 @@ class CriticTrainer(Role):
         self.m.engine.eval()
         out = []
         for c in micro_batches(self.m.to_device(batch.to_dict()), num_chunks):
-            c, r = trim_padding(c)
-            v = self.m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]}, out="values",
-                           response_len=r)
-            out.append(pad_response(v * c["response_mask"], batch.response_len).cpu())
+            out.append((self.m.run_response(c, "values") * c["response_mask"]).cpu())
         return torch.cat(out)
 
     def value_step(self, batch: PPOBatch, minibatch_size: int, clip_range: float, seed: int,
@@ -102,18 +99,11 @@ class CriticTrainer(Role):
         m = self.m
         d = m.to_device(batch.to_dict())
         d["mask"] = d.pop("response_mask").float()
-        r = batch.response_len
         gen = torch.Generator().manual_seed(seed)
         keep = ("input_ids", "attention_mask", "mask", "old_values", "returns")
-
-        def value_fn(_, mb):
-            c, kept = trim_padding(mb, "mask")
-            return pad_response(m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]},
-                                      out="values", response_len=kept), r)
-
         with StepTimer() as t:
             metrics = critic_update(
-                None, {k: d[k] for k in keep}, value_fn,
+                None, {k: d[k] for k in keep}, lambda _, mb: m.run_response(mb, "values", "mask"),
                 m.scaled_backward, minibatch_size=minibatch_size, clip_range=clip_range, generator=gen,
                 micro_batch_size=micro_batch_size or minibatch_size, begin_step=m.begin_step)
         return {**metrics, "seconds": t.seconds[0], **m.end_step()}

@@ -43,9 +43,8 @@ def trim_padding(chunk: Mapping, response_key: str = "response_mask") -> tuple[d
     mask = chunk["attention_mask"]
     width, r = mask.shape[1], chunk[response_key].shape[1]
     p = width - r
-    real_prompt = mask[:, :p].bool().any(0)
     # at least one prompt column stays: the state before the first response token predicts it
-    lead = min(int(real_prompt.to(torch.int8).argmax()) if bool(real_prompt.any()) else p, max(p - 1, 0))
+    lead = min(_first_real_column(mask[:, :p], default=p), max(p - 1, 0))
     real_resp = chunk[response_key].bool().any(0).nonzero()
     keep = max(int(real_resp[-1]) + 1 if real_resp.numel() else 0, 1)
     if lead == 0 and keep == r:
@@ -68,9 +67,14 @@ def pad_response(x: torch.Tensor, width: int) -> torch.Tensor:
 
 def trim_left(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded rows (b, T) without the leading columns that are padding on every row."""
-    real = mask.bool().any(0)
-    lead = int(real.to(torch.int8).argmax()) if bool(real.any()) else 0
+    lead = _first_real_column(mask, default=0)
     return ids[:, lead:], mask[:, lead:]
+
+
+def _first_real_column(mask: torch.Tensor, default: int) -> int:
+    """The first column where some row of `mask` (b, T) is 1; `default` when none is."""
+    real = mask.bool().any(0)
+    return int(real.to(torch.int8).argmax()) if bool(real.any()) else default
 
 
 def length_balanced_order(lengths: torch.Tensor, parts: int) -> torch.Tensor:

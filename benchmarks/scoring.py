@@ -1,15 +1,18 @@
-"""Scoring passes with and without the padding no row needs, side by side in one run.
+"""Reward scoring with and without the padding, side by side in one run.
 
 A scoring batch is [left-padded prompt | right-padded response] rows, padded to its longest prompt plus
-its longest response. The groups sort rows by length and deal them to the ranks, and each rank cuts from
-each row chunk the columns that are padding on every row (`algorithms.batching.trim_padding`). This
-script measures what that saves on the demo's own shapes: `configs/local.yaml`'s world, tokenizer and
-model preset; the RS candidates of one version (`--prompts` RLHF prompts x `--samples` responses, the
-responses being the world's SFT answers cut at the config's `rejection_sampling.max_new_tokens`).
+its longest response. The groups sort rows by length and deal them to the ranks; each rank packs each row
+chunk's real tokens into as few rows as first-fit allows (`algorithms.batching.pack_rows`, attention kept
+inside each row's segment) and reads each score at its row's last token. This script measures what that
+saves on the demo's own shapes: `configs/local.yaml`'s world, tokenizer and model preset; the RS
+candidates of one version (`--prompts` RLHF prompts x `--samples` responses, the responses being the
+world's SFT answers cut at the config's `rejection_sampling.max_new_tokens`).
 
-Two reward-model groups score the same batch back to back, `--repeats` times, median of `--steps` calls:
-"trimmed" is the pipeline's path; "padded" is the same group with the trimming turned off inside its
-rank processes (every chunk keeps the batch's width, as before the change). Scores must agree to 1e-5.
+Three reward-model groups score the same batch back to back, `--repeats` times, median of `--steps`
+calls: "packed" is the pipeline's path; "trimmed" runs each chunk padded, without the columns that are
+padding on every row (the path before packing); "padded" keeps the batch's whole width (the path before
+both). The two others are the same group with `DeepSpeedModel.run_scores` replaced inside its rank
+processes. Scores must agree to 1e-5.
 
     .venv/bin/python benchmarks/scoring.py [--ranks 1] [--prompts 128] [--samples 4]
 
@@ -33,11 +36,18 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_exte
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _untrimmed(self) -> None:
-    """Inside a rank: `trim_padding` replaced by the identity (the path before the change)."""
-    import llama_rlhf.actors.scalar as scalar
+def _unpacked(self, trim: bool) -> None:
+    """Inside a rank: reward scores from the padded rows ("scores"), the columns that are padding on every
+    row cut first when `trim`."""
+    from llama_rlhf.actors.engine import DeepSpeedModel
 
-    scalar.trim_padding = lambda chunk, key="response_mask": (dict(chunk), chunk[key].shape[1])
+    def run_scores(m, ids, mask):
+        if trim:
+            real = mask.bool().any(0).nonzero()
+            ids, mask = ids[:, int(real[0]) : int(real[-1]) + 1], mask[:, int(real[0]) : int(real[-1]) + 1]
+        return m.run({"input_ids": ids, "attention_mask": mask}, out="scores")
+
+    DeepSpeedModel.run_scores = run_scores
 
 
 def candidates(cfg, tok, n_prompts: int, samples: int, seed: int = 0):
@@ -88,16 +98,17 @@ def main() -> None:
              _temp_dir=tempfile.mkdtemp(prefix="rb_", dir="/tmp"), _node_ip_address="127.0.0.1")
     opts = lambda i: {"num_cpus": 0.25, "num_gpus": 0}  # noqa: E731
     groups = {}
-    for name in ("trimmed", "padded"):
+    for name in ("packed", "trimmed", "padded"):
         groups[name] = RewardGroup("helpful", a.ranks, opts, "gloo", ZeroSpec())
         groups[name].load(ModelSpec("scalar", path=folder, seed=1))
-    ray.get([r.__ray_call__.remote(_untrimmed) for r in groups["padded"].ranks])
+    for name in ("trimmed", "padded"):
+        ray.get([r.__ray_call__.remote(_unpacked, name == "trimmed") for r in groups[name].ranks])
     print(f"{seq.rows()} rows ({a.prompts} prompts x {a.samples}) of width {seq.input_ids.shape[1]} "
           f"({seq.response_len} response columns): {real:.0%} of the positions are real tokens; "
           f"{a.ranks} rank(s), {os.cpu_count()} CPUs", flush=True)
 
     scores = {k: g.score(seq) for k, g in groups.items()}  # warm-up, and the agreement check
-    gap = float((scores["trimmed"] - scores["padded"]).abs().max())
+    gap = max(float((scores["packed"] - scores[k]).abs().max()) for k in ("trimmed", "padded"))
     rates: dict[str, list[float]] = {k: [] for k in groups}
     for r in range(a.repeats):
         for k, g in groups.items():
@@ -112,10 +123,11 @@ def main() -> None:
         g.kill()
     ray.shutdown()
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"\nRM scoring, rows/s (median of {a.repeats} repeats): trimmed {med['trimmed']:,.0f}, "
-          f"padded {med['padded']:,.0f}; ratio {med['trimmed'] / med['padded']:.2f}x; "
+    print(f"\nRM scoring, rows/s (median of {a.repeats} repeats): packed {med['packed']:,.0f}, "
+          f"trimmed {med['trimmed']:,.0f}, padded {med['padded']:,.0f}; packed/padded "
+          f"{med['packed'] / med['padded']:.2f}x, packed/trimmed {med['packed'] / med['trimmed']:.2f}x; "
           f"max score difference {gap:.1e}")
-    if gap > 1e-5 or not torch.isfinite(scores["trimmed"]).all():
+    if gap > 1e-5 or not torch.isfinite(scores["packed"]).all():
         raise SystemExit(f"scores differ by {gap:.1e} between the two paths")
 
 

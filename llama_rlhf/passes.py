@@ -8,6 +8,8 @@ role needs, never the full (B, T, V) logits:
               "packed_logprobs"    log pi of every label of packed SFT rows (B, T - 1), 0 off the labels
   scalar      "values"             V of the state before each response token (B, R)
               "scores"             r(x, y) at each row's last real token (B,)
+              "packed_scores"      r(x, y) at each segment's last token of rows packed by
+                                   `algorithms.batching.pack_rows` (n,)
 
 Log-probs come from the LM head applied `LOGIT_CHUNK_TOKENS` positions at a time
 (`algorithms.logprobs.chunked_token_logprobs`).
@@ -53,11 +55,14 @@ class RolePasses(torch.nn.Module):
         return self.hf.config
 
     def forward(self, input_ids, attention_mask=None, *, out: str, response_len: int = 0, labels=None,
-                position_ids=None, segment_ids=None, temperature: float = 1.0, with_entropy: bool = False):
-        if out == "packed_logprobs":
+                position_ids=None, segment_ids=None, last_index=None, temperature: float = 1.0,
+                with_entropy: bool = False):
+        if out in ("packed_logprobs", "packed_scores"):
             kw = packed_attention(self.hf, {"input_ids": input_ids, "position_ids": position_ids,
                                             "segment_ids": segment_ids})
             hidden = self.hf.model(**kw).last_hidden_state
+            if out == "packed_scores":
+                return self.hf.score(hidden.reshape(-1, hidden.shape[-1])[last_index]).squeeze(-1).float()
             logp, _ = chunked_token_logprobs(hidden[:, :-1], self.hf.lm_head, labels[:, 1:],
                                              chunk_tokens=self.chunk_tokens)
             return logp
@@ -76,4 +81,5 @@ class RolePasses(torch.nn.Module):
             last = torch.where(attention_mask.bool(), positions, -1).max(1).values  # last real token
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
             return self.hf.score(pooled).squeeze(-1).float()  # (B,)
-        raise ValueError(f"out: must be response_logprobs, packed_logprobs, values or scores, got {out!r}")
+        raise ValueError("out: must be response_logprobs, packed_logprobs, values, scores or packed_scores, "
+                         f"got {out!r}")

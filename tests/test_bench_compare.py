@@ -26,12 +26,12 @@ def test_compare_runs_every_pair_and_prints_the_ratios(tmp_path):
     assert all(float(v) > 0 for v in ratios.values()), last
 
 
-def test_scoring_benchmark_runs_both_paths_and_they_agree():
-    """benchmarks/scoring.py on a few RS candidates of configs/local.yaml: both paths run, their scores agree
-    (the script exits non-zero otherwise) and it ends with the ratio line."""
+def test_scoring_benchmark_runs_every_path_and_they_agree():
+    """benchmarks/scoring.py on a few RS candidates of configs/local.yaml: the packed, trimmed and padded
+    paths run, their scores agree (the script exits non-zero otherwise) and it ends with the ratio line."""
     args = ["--prompts", "6", "--samples", "2", "--repeats", "1", "--steps", "1", "--ranks", "2"]
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scoring.py"), *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
-    assert re.search(r"ratio [0-9.]+x; max score difference", last), last
+    assert re.search(r"packed/padded [0-9.]+x, packed/trimmed [0-9.]+x; max score difference", last), last

@@ -220,12 +220,13 @@ def test_reward_model_step_micro_batched_equals_one_batch(setup):
 @slow
 def test_scoring_passes_in_chunks_equal_one_batch_and_transformers(setup):
     """Policy/reference log-probs, critic values, RM scores and pair scores: 1 chunk vs 4 chunks; the
-    log-probs also against plain transformers' full logits."""
-    from transformers import LlamaForCausalLM
+    log-probs and RM scores also against plain transformers."""
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
     from llama_rlhf.actors.policy import ReferencePolicy
     from llama_rlhf.actors.scalar import CriticTrainer, RewardModelTrainer
     from llama_rlhf.algorithms.logprobs import causal_lm_response_logprobs
+    from llama_rlhf.passes import RolePasses
 
     seq, pairs = setup["seq"], setup["pairs"]
     ref = _role(ReferencePolicy, "causal", setup["causal"], optim=False)
@@ -241,11 +242,19 @@ def test_scoring_passes_in_chunks_equal_one_batch_and_transformers(setup):
     assert torch.allclose(critic.values(seq, 1), critic.values(seq, 4), atol=LOSS_TOL)
     critic.unload()
     rm = _role(RewardModelTrainer, "scalar", setup["scalar"], optim=False)
-    assert torch.allclose(rm.score(seq, 1), rm.score(seq, 4), atol=LOSS_TOL)
+    s1 = rm.score(seq, 1)
+    assert torch.allclose(s1, rm.score(seq, 4), atol=LOSS_TOL)
     (c1, r1), (c4, r4) = rm.pair_scores(pairs, 1), rm.pair_scores(pairs, 3)
     assert torch.allclose(c1, c4, atol=LOSS_TOL) and torch.allclose(r1, r4, atol=LOSS_TOL)
     rm.unload()
-    print(f"\n[microbatch] scoring: reference log-probs vs transformers max diff {float((a - full).abs().max()):.1e}")
+    # RM scores run packed (`pack_rows`); the reference reads the padded rows' last real token
+    hf = LlamaForSequenceClassification.from_pretrained(setup["scalar"], dtype=torch.float32,
+                                                        attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        want = torch.sigmoid(RolePasses(hf)(seq.input_ids, seq.attention_mask, out="scores"))
+    assert torch.allclose(s1, want, atol=1e-5)
+    print(f"\n[microbatch] scoring: reference log-probs vs transformers max diff {float((a - full).abs().max()):.1e}, "
+          f"RM scores {float((s1 - want).abs().max()):.1e}")
 
 
 @slow
@@ -361,3 +370,54 @@ def test_length_balanced_order_sorts_and_deals_rows_to_ranks():
     back = torch.empty_like(lengths)
     back[order] = lengths[order]
     assert torch.equal(back, lengths)
+
+
+def test_pack_rows_keeps_each_rows_tokens_positions_and_last_token():
+    from llama_rlhf.algorithms.batching import pack_rows
+
+    # left-padded, [prompt | response] with a hole, and full rows of lengths 5, 3, 2, 4, 1
+    ids = torch.tensor([[0, 11, 12, 13, 14, 15], [0, 0, 21, 0, 22, 23], [0, 0, 0, 0, 31, 32],
+                        [41, 42, 0, 43, 44, 0], [0, 0, 0, 0, 0, 51]])
+    mask = (ids != 0).long()
+    p = pack_rows(ids, mask)
+    assert p["input_ids"].shape == (3, 5)  # width = the longest row; 15 tokens in 3 rows of 5
+    flat_ids, flat_seg, flat_pos = (p[k].reshape(-1) for k in ("input_ids", "segment_ids", "position_ids"))
+    for i in range(ids.shape[0]):
+        on = flat_seg == i + 1
+        assert flat_ids[on].tolist() == ids[i][mask[i].bool()].tolist()
+        assert flat_pos[on].tolist() == list(range(int(mask[i].sum())))
+        assert int(p["last_index"][i]) == int(on.nonzero()[-1])
+    assert int((flat_seg == 0).sum()) == 0  # 5 + (4 + 1) + (3 + 2): no padding left
+    with pytest.raises(ValueError, match="row 1 has no real token"):
+        pack_rows(ids[:2], torch.tensor([[1] * 6, [0] * 6]))
+
+
+def test_packed_scores_equal_padded_scores_values_and_gradients():
+    """The reward pass on packed rows (`pack_rows`, attention kept in segments) against the padded rows'
+    "scores" pass on the same plain transformers model: outputs and parameter gradients."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from llama_rlhf.algorithms.batching import pack_rows
+    from llama_rlhf.passes import RolePasses
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0)
+    cfg._attn_implementation = "sdpa"
+    model = RolePasses(LlamaForSequenceClassification(cfg).eval())
+    g = torch.Generator().manual_seed(1)
+    lengths, width = [17, 3, 9, 12, 1, 6, 17, 4], 20
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):  # even rows left-padded, odd rows [prompt | response] with a hole
+        cols = list(range(width - n, width)) if i % 2 == 0 else list(range(2, 2 + n // 2)) + \
+            list(range(10, 10 + n - n // 2))
+        ids[i, cols] = torch.randint(1, 64, (n,), generator=g)
+        mask[i, cols] = 1
+    padded = model(ids, mask, out="scores")
+    grads_padded = torch.autograd.grad(padded.square().sum(), list(model.parameters()))
+    packed = model(**pack_rows(ids, mask), out="packed_scores")
+    grads_packed = torch.autograd.grad(packed.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(packed, padded, rtol=0, atol=1e-5)
+    _close_grads(dict(enumerate(grads_packed)), dict(enumerate(grads_padded)))
+    assert pack_rows(ids, mask)["input_ids"].shape[0] < len(lengths)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from llama_rlhf.algorithms.batching import pad_response, trim_padding
+from llama_rlhf.algorithms.batching import pack_rows, pad_response, trim_padding
 from llama_rlhf.models import (
     DTYPES,
     build_causal_lm,
@@ -382,6 +382,11 @@ class DeepSpeedModel:
     def run(self, batch: dict, **kwargs):
         """One pass (`RolePasses.forward`) through the engine on a batch already on this rank's device."""
         return self.engine(**batch, **kwargs)
+
+    def run_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """r(x, y) (n,) of rows padded in any layout, run packed (`pack_rows`): no padding but the
+        packed rows' tails, each score read at its row's last real token."""
+        return self.run(pack_rows(ids, mask), out="packed_scores")
 
     def run_response(self, chunk: dict, out: str, response_key: str = "response_mask", **kwargs):
         """A pass whose output is per response token (`out` "response_logprobs" or "values") on a chunk of

@@ -13,15 +13,14 @@ import torch
 
 from llama_rlhf.actors.batches import PairBatch, PPOBatch, SequenceBatch
 from llama_rlhf.actors.engine import Role, StepTimer
-from llama_rlhf.algorithms.batching import micro_batches, trim_left, trim_padding
+from llama_rlhf.algorithms.batching import micro_batches
 from llama_rlhf.algorithms.ppo import critic_update
 from llama_rlhf.algorithms.reward import reward_model_loss, rm_accuracy
 
 
 def _pair_scores(m, d: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(r_chosen, r_rejected) of a dict of pairs, chosen and rejected rows in one forward (2b, T)."""
-    ids, mask = _stack_pairs(d)
-    r = m.run({"input_ids": ids, "attention_mask": mask}, out="scores")
+    r = m.run_scores(*_stack_pairs(d))
     b = d["rating"].shape[0]
     return r[:b], r[b:]
 
@@ -66,9 +65,7 @@ class RewardModelTrainer(Role):
         self.m.engine.eval()
         out = []
         for c in micro_batches(self.m.to_device(batch.to_dict()), num_chunks):
-            c, _ = trim_padding(c)
-            out.append(torch.sigmoid(self.m.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]},
-                                                out="scores")).cpu())
+            out.append(torch.sigmoid(self.m.run_scores(c["input_ids"], c["attention_mask"])).cpu())
         return torch.cat(out)
 
 
@@ -80,7 +77,7 @@ def _stack_pairs(d: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
     ids = torch.cat([lpad(d["chosen_ids"]), lpad(d["rejected_ids"])])
     mask = torch.cat([lpad(d["chosen_mask"]), lpad(d["rejected_mask"])])
-    return trim_left(ids, mask)
+    return ids, mask
 
 
 class CriticTrainer(Role):

@@ -65,12 +65,6 @@ def pad_response(x: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, width - x.shape[1])) if x.shape[1] < width else x
 
 
-def trim_left(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded rows (b, T) without the leading columns that are padding on every row."""
-    lead = _first_real_column(mask, default=0)
-    return ids[:, lead:], mask[:, lead:]
-
-
 def _first_real_column(mask: torch.Tensor, default: int) -> int:
     """The first column where some row of `mask` (b, T) is 1; `default` when none is."""
     real = mask.bool().any(0)
@@ -85,3 +79,52 @@ def length_balanced_order(lengths: torch.Tensor, parts: int) -> torch.Tensor:
     scores `rows[order]` and puts result i back at `order[i]`."""
     by_len = torch.sort(lengths, stable=True).indices
     return torch.cat([by_len[k::parts] for k in range(parts)])
+
+
+# --------------------------------------------------------------------------- packing rows for one score each
+
+
+def pack_rows(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows padded in any layout (left-padded pairs, [prompt | response] rows) packed into as few rows as
+    first-fit decreasing allows, for passes that read one state per row (reward scores).
+
+    Each row's real tokens (in order: `mask` 1) become one segment with positions 0..n-1, exactly the
+    positions the padded row gets (`response_position_ids`), so with attention kept inside segments
+    (`passes.packed_attention`) every state is the padded row's. The width is the longest row's length:
+    it packs alone and shorter rows fill the gaps. What it saves: a training micro-batch of preference
+    pairs is padded to its longest sequence, and half of the demo's RM positions were padding.
+
+    Returns input_ids, position_ids, segment_ids (1.. per row, 0 on the trailing padding, which is one
+    more segment of its own) of (B', W), and last_index (n,): each input row's last real token in the
+    flattened (B' * W) packed tokens, in input row order.
+    """
+    from llama_rlhf.data.packing import FirstFit
+
+    lengths = mask.long().sum(1)
+    if bool((lengths == 0).any()):
+        raise ValueError(f"pack_rows: row {int((lengths == 0).nonzero()[0])} has no real token")
+    n, width = ids.shape[0], int(lengths.max())
+    fit = FirstFit(n, width)
+    place = {}  # input row -> (packed row, start column)
+    used: dict[int, int] = {}
+    for i in sorted(range(n), key=lambda k: (-int(lengths[k]), k)):
+        r = fit.place(int(lengths[i]))
+        place[i] = (r, used.get(r, 0))
+        used[r] = used.get(r, 0) + int(lengths[i])
+    rows = sorted(used)
+    at = {r: j for j, r in enumerate(rows)}
+    out_ids = torch.zeros(len(rows), width, dtype=ids.dtype, device=ids.device)
+    seg = torch.zeros(len(rows), width, dtype=torch.long, device=ids.device)
+    pos = torch.arange(width, device=ids.device).repeat(len(rows), 1)
+    last = torch.empty(n, dtype=torch.long, device=ids.device)
+    for i in range(n):
+        r, start = at[place[i][0]], place[i][1]
+        length = int(lengths[i])
+        out_ids[r, start : start + length] = ids[i][mask[i].bool()]
+        pos[r, start : start + length] = torch.arange(length, device=ids.device)
+        seg[r, start : start + length] = i + 1
+        last[i] = r * width + start + length - 1
+    for r in rows:  # the trailing padding: positions from 0, like any segment
+        end = used[r]
+        pos[at[r], end:] = torch.arange(width - end, device=ids.device)
+    return {"input_ids": out_ids, "position_ids": pos, "segment_ids": seg, "last_index": last}

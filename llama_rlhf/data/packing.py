@@ -82,7 +82,7 @@ def _as_pair(sample) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
-class _FirstFit:
+class FirstFit:
     """Leftmost row with at least L free tokens in O(log n): a max segment tree over row capacities.
 
     Leaves are all the rows that could ever open (one per sample); unopened rows hold the full capacity,
@@ -147,7 +147,7 @@ def pack_samples(
             n_trunc += 1
         kept.append((i, ids, mask))
     order = sorted(range(len(kept)), key=lambda k: -len(kept[k][1])) if sort else range(len(kept))
-    fit = _FirstFit(len(kept), seq_len)
+    fit = FirstFit(len(kept), seq_len)
     rows: dict[int, tuple[list[int], list[int], list[int], list[int]]] = {}
     for k in order:
         i, ids, mask = kept[k]

@@ -268,8 +268,8 @@ def test_reference_logprobs_equal_policy_from_same_folder(policy, trained, refer
 
 
 def test_rows_of_any_length_score_as_if_alone(policy, trained, reference, data, tmp_path):
-    """The group sorts rows by length and deals them to its 2 ranks, each rank trims the padding no row of
-    its chunk needs (`trim_padding`), and the results come back in the batch's order. Rows from 1 to ~70
+    """The group sorts rows by length and deals them to its 2 ranks, each rank packs the rows of each
+    chunk (`pack_rows`), and the results come back in the batch's order. Rows from 1 to ~70
     tokens, scored together in 3 chunks per rank, match each row alone and unpadded in plain transformers."""
     from llama_rlhf.actors.batches import sequence_batch
     from llama_rlhf.actors.engine import ModelSpec

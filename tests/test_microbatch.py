@@ -337,26 +337,7 @@ def test_streamed_export_in_shards_reloads_partitioned_and_in_transformers(setup
     assert torch.equal(before, after)
 
 
-# --------------------------------------------------------------------------- pure: padding no row needs
-
-
-def test_trim_padding_cuts_only_columns_that_are_padding_on_every_row():
-    from llama_rlhf.actors.batches import sequence_batch
-    from llama_rlhf.algorithms.batching import pad_response, trim_padding
-
-    seq = sequence_batch([[1, 5, 6], [1, 7], [1, 2, 3, 4, 5, 6]], [[9, 2], [8], []], pad_id=0)
-    seq = seq.select(0, 2)  # the 6-token prompt and the empty response leave only padding behind
-    c, r = trim_padding({**seq.to_dict(), "old": torch.ones(2, seq.response_len), "n": 3})
-    assert r == 2 and c["n"] == 3 and c["old"].shape == (2, 2)
-    assert c["input_ids"].tolist() == [[1, 5, 6, 9, 2], [0, 1, 7, 8, 0]]
-    assert c["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 1, 0]]
-    assert pad_response(c["response_mask"], seq.response_len).tolist() == seq.response_mask.tolist()
-    # no response token at all: one response column stays (its log-prob is read from the state before it)
-    empty, r = trim_padding(seq.to_dict() | {"response_mask": torch.zeros(2, 2)})
-    assert r == 1 and empty["input_ids"].shape == (2, 4)
-    whole = sequence_batch([[1, 5], [1, 7]], [[9, 2], [8]], pad_id=0).to_dict()  # nothing to cut
-    same, r = trim_padding(whole)
-    assert r == 2 and all(torch.equal(same[k], whole[k]) for k in whole)
+# --------------------------------------------------------------------------- pure: rows by length, packed rows
 
 
 def test_length_balanced_order_sorts_and_deals_rows_to_ranks():
@@ -392,32 +373,48 @@ def test_pack_rows_keeps_each_rows_tokens_positions_and_last_token():
         pack_rows(ids[:2], torch.tensor([[1] * 6, [0] * 6]))
 
 
-def test_packed_scores_equal_padded_scores_values_and_gradients():
-    """The reward pass on packed rows (`pack_rows`, attention kept in segments) against the padded rows'
-    "scores" pass on the same plain transformers model: outputs and parameter gradients."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+@pytest.mark.parametrize("head", ["scalar", "causal"])
+def test_packed_passes_equal_padded_passes_values_and_gradients(head):
+    """Every per-row pass on packed rows (`pack_rows`, attention kept in segments) against the same pass on
+    the padded rows, on one plain transformers model: RM scores and critic values (scalar head), response
+    log-probs and entropies (LM head); outputs on the response mask and parameter gradients."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from llama_rlhf.algorithms.batching import pack_rows
+    from llama_rlhf.algorithms.batching import pack_rows, response_state_index
     from llama_rlhf.passes import RolePasses
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0)
     cfg._attn_implementation = "sdpa"
-    model = RolePasses(LlamaForSequenceClassification(cfg).eval())
+    model = RolePasses((LlamaForSequenceClassification if head == "scalar" else LlamaForCausalLM)(cfg).eval())
     g = torch.Generator().manual_seed(1)
-    lengths, width = [17, 3, 9, 12, 1, 6, 17, 4], 20
-    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    prompt_lens, response_lens, p_width, r_width = [9, 2, 5, 1, 8, 3, 6, 4], [7, 0, 3, 8, 1, 5, 2, 6], 9, 8
+    n = len(prompt_lens)
+    ids = torch.zeros(n, p_width + r_width, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    for i, n in enumerate(lengths):  # even rows left-padded, odd rows [prompt | response] with a hole
-        cols = list(range(width - n, width)) if i % 2 == 0 else list(range(2, 2 + n // 2)) + \
-            list(range(10, 10 + n - n // 2))
-        ids[i, cols] = torch.randint(1, 64, (n,), generator=g)
+    for i, (pl, rl) in enumerate(zip(prompt_lens, response_lens)):  # [left-padded prompt | right-padded response]
+        cols = list(range(p_width - pl, p_width + rl))
+        ids[i, cols] = torch.randint(1, 64, (pl + rl,), generator=g)
         mask[i, cols] = 1
-    padded = model(ids, mask, out="scores")
-    grads_padded = torch.autograd.grad(padded.square().sum(), list(model.parameters()))
-    packed = model(**pack_rows(ids, mask), out="packed_scores")
-    grads_packed = torch.autograd.grad(packed.square().sum(), list(model.parameters()))
-    torch.testing.assert_close(packed, padded, rtol=0, atol=1e-5)
-    _close_grads(dict(enumerate(grads_packed)), dict(enumerate(grads_padded)))
-    assert pack_rows(ids, mask)["input_ids"].shape[0] < len(lengths)
+    on = mask[:, p_width:].float()
+    p = pack_rows(ids, mask)
+    packed_in = {k: p[k] for k in ("input_ids", "position_ids", "segment_ids")}
+    kw = {"state_index": response_state_index(p, mask, r_width), "labels": ids[:, p_width:]}
+    if head == "scalar":
+        passes = {"scores": (lambda: model(ids, mask, out="scores"),
+                             lambda: model(**packed_in, out="scores", last_index=p["last_index"]), 1.0),
+                  "values": (lambda: model(ids, mask, out="values", response_len=r_width),
+                             lambda: model(**packed_in, out="values", **kw), on)}
+    else:
+        def logp(packed):
+            a = model(**packed_in, out="response_logprobs", with_entropy=True, **kw) if packed else \
+                model(ids, mask, out="response_logprobs", response_len=r_width, with_entropy=True)
+            return a[0] + a[1]  # both outputs, and gradients through both
+        passes = {"response_logprobs": (lambda: logp(False), lambda: logp(True), on)}
+    for name, (padded_fn, packed_fn, keep) in passes.items():
+        padded, packed = padded_fn() * keep, packed_fn() * keep
+        torch.testing.assert_close(packed, padded, rtol=0, atol=1e-5, msg=name)
+        grads = [torch.autograd.grad(y.square().sum(), list(model.parameters())) for y in (padded, packed)]
+        _close_grads(dict(enumerate(grads[1])), dict(enumerate(grads[0])))
+    assert p["input_ids"].shape == (6, 16)  # 70 real tokens: 96 positions packed against 136 padded

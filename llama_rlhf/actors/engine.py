@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from llama_rlhf.algorithms.batching import pack_rows, pad_response, trim_padding
+from llama_rlhf.algorithms.batching import pack_rows, response_state_index
 from llama_rlhf.models import (
     DTYPES,
     build_causal_lm,
@@ -97,6 +97,9 @@ class StepTimer:
     def __exit__(self, *exc):
         self.seconds.append(time.perf_counter() - self._t)
 
+
+PACKED_INPUTS = ("input_ids", "position_ids", "segment_ids")
+"""The model inputs of `pack_rows`' output (the rest are indices the pass reads its outputs at)."""
 
 _MASTER_SOCKET = None
 _MASTER_STORE = None
@@ -384,21 +387,20 @@ class DeepSpeedModel:
         return self.engine(**batch, **kwargs)
 
     def run_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """r(x, y) (n,) of rows padded in any layout, run packed (`pack_rows`): no padding but the
-        packed rows' tails, each score read at its row's last real token."""
-        return self.run(pack_rows(ids, mask), out="packed_scores")
+        """r(x, y) (n,) of rows padded in any layout, run packed (`pack_rows`): no padding but the packed
+        rows' tails, each score read at its row's last real token."""
+        p = pack_rows(ids, mask)
+        return self.run({k: p[k] for k in PACKED_INPUTS}, out="scores", last_index=p["last_index"])
 
     def run_response(self, chunk: dict, out: str, response_key: str = "response_mask", **kwargs):
         """A pass whose output is per response token (`out` "response_logprobs" or "values") on a chunk of
-        [left-padded prompt | right-padded response] rows: run without the padding no row of the chunk
-        needs (`trim_padding`), each (b, R') output padded back to the chunk's (b, R) with zeros."""
-        width = chunk[response_key].shape[1]
-        c, kept = trim_padding(chunk, response_key)
-        y = self.run({"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]}, out=out,
-                     response_len=kept, **kwargs)
-        if isinstance(y, tuple):
-            return tuple(None if t is None else pad_response(t, width) for t in y)
-        return pad_response(y, width)
+        [left-padded prompt | right-padded response] rows, run packed (`pack_rows`): each (b, R) output
+        read at the states before the response tokens (`response_state_index`)."""
+        ids, mask = chunk["input_ids"], chunk["attention_mask"]
+        r = chunk[response_key].shape[1]
+        p = pack_rows(ids, mask)
+        return self.run({k: p[k] for k in PACKED_INPUTS}, out=out, state_index=response_state_index(p, mask, r),
+                        labels=ids[:, ids.shape[1] - r :], **kwargs)
 
     def begin_step(self, num_micro: int) -> None:
         """One optimizer step accumulated over `num_micro` micro-batches (the same count on every rank).

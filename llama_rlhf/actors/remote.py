@@ -265,7 +265,8 @@ class RankGroup:
         """Scoring fan-out: rows sharded over ranks, each shard in the same number of row chunks, results
         returned in the batch's row order. ZeRO-3 forwards are collective, so every rank must get rows: a
         batch smaller than the group is padded by repeats (and cut back). Rows go out sorted by length
-        (`length_balanced_order`), so the chunks that each rank trims (`trim_padding`) are dense."""
+        (`length_balanced_order`): chunk k carries about the same tokens on every rank, and each rank
+        packs its chunks (`pack_rows`) into dense rows."""
         n_rows = batch.rows()
         order = length_balanced_order(batch.attention_mask.sum(1), self.n) if n_rows >= self.n else None
         idx = order if order is not None else torch.arange(self.n) % n_rows

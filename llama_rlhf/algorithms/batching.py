@@ -1,4 +1,5 @@
-"""Cutting a batch into micro-batches: the one split every training step and scoring pass uses."""
+"""Cutting a batch into micro-batches (the one split every training step and scoring pass uses), dealing
+rows of similar length to the same chunk, and packing a chunk's rows so no pass computes on padding."""
 
 from __future__ import annotations
 
@@ -23,52 +24,7 @@ def micro_batches(batch: Mapping, num: int) -> list[dict]:
             for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-# --------------------------------------------------------------------------- padding that no row needs
-
-
-def trim_padding(chunk: Mapping, response_key: str = "response_mask") -> tuple[dict, int]:
-    """A chunk of [left-padded prompt | right-padded response] rows without the columns that are padding
-    on every row: the prompt columns before the chunk's longest prompt and the response columns after its
-    longest response. Returns (the trimmed chunk, its response width R' <= R).
-
-    Exact, not an approximation: positions come from the attention mask (`response_position_ids`), a
-    padded key is masked out of every query, and causal attention never lets a real token see the
-    trailing padding. What it saves: a scoring batch is padded to its longest prompt plus its longest
-    response, and each chunk of it carried that width (the demo's RS candidates: 39% of the positions
-    were real tokens). Outputs over the response come back (b, R'); `pad_response` restores (b, R).
-
-    `chunk` holds "input_ids" and "attention_mask" (b, P + R) and `response_key` (b, R); any other
-    (b, R) tensor (old log-probs, advantages, values) is cut to R' with it, everything else is kept.
-    """
-    mask = chunk["attention_mask"]
-    width, r = mask.shape[1], chunk[response_key].shape[1]
-    p = width - r
-    # at least one prompt column stays: the state before the first response token predicts it
-    lead = min(_first_real_column(mask[:, :p], default=p), max(p - 1, 0))
-    real_resp = chunk[response_key].bool().any(0).nonzero()
-    keep = max(int(real_resp[-1]) + 1 if real_resp.numel() else 0, 1)
-    if lead == 0 and keep == r:
-        return dict(chunk), r
-    out = {}
-    for k, v in chunk.items():
-        if k in ("input_ids", "attention_mask"):
-            out[k] = v[:, lead : p + keep]
-        elif isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == r:
-            out[k] = v[:, :keep]
-        else:
-            out[k] = v
-    return out, keep
-
-
-def pad_response(x: torch.Tensor, width: int) -> torch.Tensor:
-    """(b, R') response values back to (b, `width`), zeros where `trim_padding` cut (off the mask)."""
-    return torch.nn.functional.pad(x, (0, width - x.shape[1])) if x.shape[1] < width else x
-
-
-def _first_real_column(mask: torch.Tensor, default: int) -> int:
-    """The first column where some row of `mask` (b, T) is 1; `default` when none is."""
-    real = mask.bool().any(0)
-    return int(real.to(torch.int8).argmax()) if bool(real.any()) else default
+# --------------------------------------------------------------------------- rows of similar length together
 
 
 def length_balanced_order(lengths: torch.Tensor, parts: int) -> torch.Tensor:
@@ -95,8 +51,8 @@ def pack_rows(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     pairs is padded to its longest sequence, and half of the demo's RM positions were padding.
 
     Returns input_ids, position_ids, segment_ids (1.. per row, 0 on the trailing padding, which is one
-    more segment of its own) of (B', W), and last_index (n,): each input row's last real token in the
-    flattened (B' * W) packed tokens, in input row order.
+    more segment of its own) of (B', W), and start_index, last_index (n,): each input row's first and
+    last real token in the flattened (B' * W) packed tokens, in input row order.
     """
     from llama_rlhf.data.packing import FirstFit
 
@@ -116,15 +72,27 @@ def pack_rows(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     out_ids = torch.zeros(len(rows), width, dtype=ids.dtype, device=ids.device)
     seg = torch.zeros(len(rows), width, dtype=torch.long, device=ids.device)
     pos = torch.arange(width, device=ids.device).repeat(len(rows), 1)
-    last = torch.empty(n, dtype=torch.long, device=ids.device)
+    first = torch.empty(n, dtype=torch.long, device=ids.device)
     for i in range(n):
         r, start = at[place[i][0]], place[i][1]
         length = int(lengths[i])
         out_ids[r, start : start + length] = ids[i][mask[i].bool()]
         pos[r, start : start + length] = torch.arange(length, device=ids.device)
         seg[r, start : start + length] = i + 1
-        last[i] = r * width + start + length - 1
+        first[i] = r * width + start
     for r in rows:  # the trailing padding: positions from 0, like any segment
         end = used[r]
         pos[at[r], end:] = torch.arange(width - end, device=ids.device)
-    return {"input_ids": out_ids, "position_ids": pos, "segment_ids": seg, "last_index": last}
+    return {"input_ids": out_ids, "position_ids": pos, "segment_ids": seg, "start_index": first,
+            "last_index": first + lengths - 1}
+
+
+def response_state_index(packed: Mapping, mask: torch.Tensor, response_len: int) -> torch.Tensor:
+    """(b, R) flat index, in `pack_rows`' packed tokens, of the state that predicts each response column's
+    token of [left-padded prompt | right-padded response] rows (`mask` (b, P + R)): the state before the
+    response's j-th token is the segment's (prompt length + j - 1)-th. Columns past a row's response
+    point at its last token (any valid state: they are off the response mask)."""
+    prompt_len = mask[:, : mask.shape[1] - response_len].long().sum(1)
+    j = torch.arange(response_len, device=mask.device)
+    idx = packed["start_index"][:, None] + prompt_len[:, None] - 1 + j
+    return torch.minimum(idx, packed["last_index"][:, None])

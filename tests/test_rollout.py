@@ -327,6 +327,7 @@ def test_worker_killed_mid_generation_is_recreated_and_share_retried(ray_local, 
     import psutil
     import ray
 
+    from llama_rlhf.actors.shm import mapped_shared_memory
     from llama_rlhf.models import save_hf
 
     # the orchestrator saves a folder after each update; a replacement must start from it, not from v0
@@ -345,6 +346,8 @@ def test_worker_killed_mid_generation_is_recreated_and_share_retried(ray_local, 
     th = threading.Thread(target=lambda: result.update(out=group.generate(long_prompts, **kw)))
     victim, victim_pids = group.workers[1], group.infos[1]["pids"]
     assert len(victim_pids) >= 2  # the actor and vLLM's engine-core process (+ its worker)
+    queues = mapped_shared_memory(victim_pids)  # the engine's MessageQueue segments (vLLM's multiproc executor)
+    assert queues, "expected the engine's shared-memory queues in /dev/shm"
     th.start()
     time.sleep(t_ref / 3)
     ray.kill(victim, no_restart=True)
@@ -356,5 +359,7 @@ def test_worker_killed_mid_generation_is_recreated_and_share_retried(ray_local, 
     assert group.infos[1]["model_dir"] == str(tmp_path / "v1")
     leaked = [p for p in victim_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not leaked, f"the killed worker's engine processes survived: {leaked}"
+    left = sorted(n for n in queues if os.path.exists(f"/dev/shm/{n}"))
+    assert not left, f"the killed worker's shared-memory queues are still in /dev/shm: {left}"
     # per-prompt seeds: the retried share reproduces the same samples, from the same (v1) weights
     assert [[s.token_ids for s in row] for row in result["out"]] == [[s.token_ids for s in row] for row in reference]

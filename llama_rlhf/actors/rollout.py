@@ -31,6 +31,8 @@ import psutil
 import ray
 from ray.exceptions import RayActorError
 
+from llama_rlhf.actors import shm
+from llama_rlhf.actors.shm import mapped_shared_memory
 from llama_rlhf.actors.weight_sync import SyncMeta, SyncStats, dtype_name
 from llama_rlhf.config import ClusterConfig
 
@@ -135,9 +137,13 @@ class RolloutEngine:
         self.init_seconds = time.perf_counter() - t0
 
     def info(self) -> dict:
-        """Blocks until the engine is up (a Ray caller's readiness probe); what the engine serves."""
+        """Blocks until the engine is up (a Ray caller's readiness probe); what the engine serves, its
+        processes, and where they live: the node and the shared-memory names a kill would leave (`shm`)."""
+        pids = [os.getpid()] + [p.pid for p in psutil.Process().children(recursive=True)]
         return {
-            "pids": [os.getpid()] + [p.pid for p in psutil.Process().children(recursive=True)],
+            "pids": pids,
+            "shm": mapped_shared_memory(pids),
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "model_dir": str(self.model_dir),
             "dtype": self.dtype,
             "eos_token_ids": self.eos_token_ids,
@@ -337,6 +343,7 @@ class RolloutGroup:
     def _replace(self, k: int, why: str) -> None:
         log.warning("rollout worker %d lost (%s); recreating from %s", k, why, self.model_dir)
         ray.kill(self.workers[k], no_restart=True)
+        shm.release(self.infos[k].get("node_id"), self.infos[k].get("shm", []))
         self.workers[k] = self._spawn(k)
         self.infos[k] = ray.get(self.workers[k].info.remote(), timeout=self.timeout_s)
         self.restarts += 1
@@ -449,11 +456,26 @@ class RolloutGroup:
         ray.get([w.wake_up.remote(tags) for w in self.workers], timeout=self.timeout_s)
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
-        """Stop every engine (gracefully, bounded by `timeout_s`), then kill the actors."""
+        """Stop every engine (gracefully, bounded by `timeout_s`), then kill the actors. The shared-memory
+        names of an engine that did not stop cleanly (dead, or past the timeout) are removed after."""
         refs = [w.shutdown.remote() for w in self.workers]
         try:
-            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         finally:
             for w in self.workers:
                 ray.kill(w, no_restart=True)
             self.workers = []
+        clean = set(done)
+        for ref, info in zip(refs, self.infos):
+            if ref not in clean or _failed(ref):
+                shm.release(info.get("node_id"), info.get("shm", []))
+
+
+def _failed(ref) -> bool:
+    """Whether a finished call raised (the engine died instead of shutting down)."""
+    try:
+        ray.get(ref, timeout=0)
+        return False
+    except Exception:  # noqa: BLE001
+        return True
+

@@ -369,6 +369,21 @@ def test_pack_rows_keeps_each_rows_tokens_positions_and_last_token():
         assert flat_pos[on].tolist() == list(range(int(mask[i].sum())))
         assert int(p["last_index"][i]) == int(on.nonzero()[-1])
     assert int((flat_seg == 0).sum()) == 0  # 5 + (4 + 1) + (3 + 2): no padding left
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):  # random layouts: every row's tokens, positions and last token, nothing else
+        mask = (torch.rand(int(torch.randint(1, 40, (1,), generator=g)), 30, generator=g) < 0.5).long()
+        mask[:, -1] = 1
+        ids = torch.randint(1, 99, mask.shape, generator=g) * mask
+        p = pack_rows(ids, mask)
+        seg, width = p["segment_ids"].reshape(-1), p["input_ids"].shape[1]
+        assert width == int(mask.sum(1).max()) and int((seg > 0).sum()) == int(mask.sum())
+        for i in torch.randperm(ids.shape[0], generator=g)[:5].tolist():
+            on = seg == i + 1
+            assert p["input_ids"].reshape(-1)[on].tolist() == ids[i][mask[i].bool()].tolist()
+            assert p["position_ids"].reshape(-1)[on].tolist() == list(range(int(mask[i].sum())))
+            assert int(p["last_index"][i]) == int(on.nonzero()[-1]) and int(p["start_index"][i]) == int(on.nonzero()[0])
+        pad = p["position_ids"][p["segment_ids"] == 0]  # each row's tail restarts at 0
+        assert pad.numel() == 0 or int(pad.min()) == 0
     with pytest.raises(ValueError, match="row 1 has no real token"):
         pack_rows(ids[:2], torch.tensor([[1] * 6, [0] * 6]))
 

@@ -59,32 +59,36 @@ def pack_rows(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     lengths = mask.long().sum(1)
     if bool((lengths == 0).any()):
         raise ValueError(f"pack_rows: row {int((lengths == 0).nonzero()[0])} has no real token")
-    n, width = ids.shape[0], int(lengths.max())
+    n, dev = ids.shape[0], ids.device
+    sizes = lengths.tolist()
+    width = max(sizes)
+    # placement on the host (plain ints): first-fit opens rows left to right, so rows are 0..B'-1
     fit = FirstFit(n, width)
-    place = {}  # input row -> (packed row, start column)
-    used: dict[int, int] = {}
-    for i in sorted(range(n), key=lambda k: (-int(lengths[k]), k)):
-        r = fit.place(int(lengths[i]))
-        place[i] = (r, used.get(r, 0))
-        used[r] = used.get(r, 0) + int(lengths[i])
-    rows = sorted(used)
-    at = {r: j for j, r in enumerate(rows)}
-    out_ids = torch.zeros(len(rows), width, dtype=ids.dtype, device=ids.device)
-    seg = torch.zeros(len(rows), width, dtype=torch.long, device=ids.device)
-    pos = torch.arange(width, device=ids.device).repeat(len(rows), 1)
-    first = torch.empty(n, dtype=torch.long, device=ids.device)
-    for i in range(n):
-        r, start = at[place[i][0]], place[i][1]
-        length = int(lengths[i])
-        out_ids[r, start : start + length] = ids[i][mask[i].bool()]
-        pos[r, start : start + length] = torch.arange(length, device=ids.device)
-        seg[r, start : start + length] = i + 1
-        first[i] = r * width + start
-    for r in rows:  # the trailing padding: positions from 0, like any segment
-        end = used[r]
-        pos[at[r], end:] = torch.arange(width - end, device=ids.device)
-    return {"input_ids": out_ids, "position_ids": pos, "segment_ids": seg, "start_index": first,
-            "last_index": first + lengths - 1}
+    start = [0] * n
+    used: list[int] = []
+    for i in sorted(range(n), key=lambda k: (-sizes[k], k)):
+        r = fit.place(sizes[i])
+        if r == len(used):
+            used.append(0)
+        start[i] = r * width + used[r]
+        used[r] += sizes[i]
+    first = torch.tensor(start, dtype=torch.long, device=dev)
+    # every real token, row by row in order, to its flat packed position: a few whole-tensor ops
+    offset = torch.arange(int(lengths.sum()), device=dev) - torch.repeat_interleave(lengths.cumsum(0) - lengths,
+                                                                                     lengths)  # within its row
+    dest = torch.repeat_interleave(first, lengths) + offset
+    fill = torch.tensor(used, dtype=torch.long, device=dev)
+    col = torch.arange(width, device=dev)
+    tail = (col[None, :] - fill[:, None]).clamp(min=0)  # the trailing padding: positions from 0, like any segment
+    out = {"input_ids": torch.zeros(len(used), width, dtype=ids.dtype, device=dev),
+           "position_ids": tail.reshape(-1),
+           "segment_ids": torch.zeros(len(used) * width, dtype=torch.long, device=dev)}
+    out["input_ids"].view(-1)[dest] = ids[mask.bool()]
+    out["position_ids"][dest] = offset
+    out["segment_ids"][dest] = torch.repeat_interleave(torch.arange(1, n + 1, device=dev), lengths)
+    out["position_ids"] = out["position_ids"].view(len(used), width)
+    out["segment_ids"] = out["segment_ids"].view(len(used), width)
+    return {**out, "start_index": first, "last_index": first + lengths - 1}
 
 
 def response_state_index(packed: Mapping, mask: torch.Tensor, response_len: int) -> torch.Tensor:

@@ -112,6 +112,48 @@ def test_packed_position_ids_keep_samples_apart():
     torch.testing.assert_close(varlen, got, atol=ATOL, rtol=RTOL)
 
 
+def test_packed_role_passes_on_the_kernel_match_padded_passes_on_sdpa():
+    """What the roles run on a GPU: rows packed by `pack_rows` through our kernel (segments from the
+    restarting position ids, no mask) against the same rows padded on sdpa. Response log-probs of the
+    causal LM and their gradients, and scores of the scalar head."""
+    from transformers import LlamaForSequenceClassification
+
+    from llama_rlhf.algorithms.batching import pack_rows, response_state_index
+    from llama_rlhf.passes import RolePasses
+
+    sdpa, ours = _pair("gqa_hd32")
+    g = torch.Generator().manual_seed(3)
+    p_width, r_width = 10, 8
+    ids = torch.randint(1, 128, (5, p_width + r_width), generator=g)
+    mask = torch.zeros_like(ids)
+    for i, (pl, rl) in enumerate([(10, 8), (3, 2), (6, 0), (1, 5), (8, 7)]):
+        mask[i, p_width - pl : p_width + rl] = 1
+    ids = ids * mask
+    on = mask[:, p_width:].bool()
+    packed = pack_rows(ids, mask)
+    inputs = {k: packed[k] for k in ("input_ids", "position_ids", "segment_ids")}
+    want = RolePasses(sdpa)(ids, mask, out="response_logprobs", response_len=r_width)[0]
+    got = RolePasses(ours)(**inputs, out="response_logprobs", labels=ids[:, p_width:],
+                           state_index=response_state_index(packed, mask, r_width))[0]
+    torch.testing.assert_close(got[on], want[on], atol=ATOL, rtol=RTOL)
+    grads = [torch.autograd.grad(x[on].sum(), list(m.parameters())) for x, m in ((want, sdpa), (got, ours))]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, atol=ATOL, rtol=RTOL)
+
+    def scalar(attn: str):
+        torch.manual_seed(4)
+        cfg = {k: v for k, v in sdpa.config.to_dict().items() if k not in ("id2label", "label2id")}
+        return LlamaForSequenceClassification(LlamaConfig(**cfg, num_labels=1, attn_implementation=attn))
+
+    scalar_sdpa, scalar_ours = scalar("sdpa"), scalar(ours.config._attn_implementation)
+    assert scalar_ours.config._attn_implementation == "llama_rlhf_gqa"
+    scalar_ours.load_state_dict(scalar_sdpa.state_dict())
+    with torch.no_grad():
+        want = RolePasses(scalar_sdpa)(ids, mask, out="scores")
+        got = RolePasses(scalar_ours)(**inputs, out="scores", last_index=packed["last_index"])
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL)
+
+
 def test_cpu_fallback_without_interpreter_matches_sdpa(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     sdpa, ours = _pair("gqa_hd32")

@@ -289,24 +289,34 @@ def new_model(base_model):
 
 @pytest.mark.slow
 def test_weight_sync_over_gloo_changes_engine_to_new_weights(group, new_model, prompts):
-    import ray
 
     max_new = 24
     before = group.generate(prompts, n=1, temperature=0.0, max_new_tokens=max_new)
     equal, err = _compare(new_model, prompts, before, max_new)
     assert equal < len(prompts) and err > 1e-2  # the engine really serves the old weights
 
+    # 256 KiB buckets: many buckets, and the embedding / MLP weights are each bigger than one; then the
+    # default 32 MiB (one bucket here), which also shows the group is reusable across syncs
+    _push(group, new_model, [256 * 1024, DEFAULT_BUCKET_BYTES])
+
+    after = group.generate(prompts, n=1, temperature=0.0, max_new_tokens=max_new)
+    equal, err = _compare(new_model, prompts, after, max_new)
+    print(f"[rollout] after sync: {equal}/{len(prompts)} equal to the new model's HF greedy; max logprob err {err:.2e}")
+    assert equal == len(prompts) and err < LOGPROB_TOL
+
+
+def _push(group, model, bucket_sizes: list[int]) -> None:
+    """Sync `model` into the group's engines over a fresh gloo group, once per bucket size."""
+    import ray
+
     port = free_port()
     joins = group.init_weight_sync("127.0.0.1", port, backend="gloo", timeout_s=120)
     sender = WeightSyncSender("127.0.0.1", port, world_size=group.sync_world_size, backend="gloo", timeout_s=120)
     assert ray.get(joins, timeout=120) == [[1], [2]]
-
-    # 256 KiB buckets: many buckets, and the embedding / MLP weights are each bigger than one; then the
-    # default 32 MiB (one bucket here), which also shows the group is reusable across syncs
-    for attempt, bucket_bytes in enumerate([256 * 1024, DEFAULT_BUCKET_BYTES]):
-        meta = SyncMeta.from_model(new_model, "float32", bucket_bytes=bucket_bytes)
+    for attempt, bucket_bytes in enumerate(bucket_sizes):
+        meta = SyncMeta.from_model(model, "float32", bucket_bytes=bucket_bytes)
         recv = group.receive_weights(meta, timeout_s=120)
-        stats = sender.send(new_model.named_parameters(), meta)
+        stats = sender.send(model.named_parameters(), meta)
         rstats = ray.get(recv, timeout=120)
         print(
             f"[rollout] sync {attempt}: {stats.bytes / 1e6:.2f} MB in {stats.buckets} buckets, sender "
@@ -314,23 +324,22 @@ def test_weight_sync_over_gloo_changes_engine_to_new_weights(group, new_model, p
             f"{[round(r.seconds * 1e3, 1) for r in rstats]} ms"
         )
         assert stats.bytes == meta.total_bytes and all(r.bytes == stats.bytes for r in rstats)
-
-    after = group.generate(prompts, n=1, temperature=0.0, max_new_tokens=max_new)
-    equal, err = _compare(new_model, prompts, after, max_new)
-    print(f"[rollout] after sync: {equal}/{len(prompts)} equal to the new model's HF greedy; max logprob err {err:.2e}")
-    assert equal == len(prompts) and err < LOGPROB_TOL
     sender.close()
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_generation_is_recreated_and_share_retried(ray_local, group, new_model, tmp_path):
+def test_worker_killed_mid_generation_is_recreated_and_share_retried(ray_local, group, new_model, prompts, tmp_path):
     import psutil
     import ray
 
     from llama_rlhf.actors.shm import mapped_shared_memory
     from llama_rlhf.models import save_hf
 
-    # the orchestrator saves a folder after each update; a replacement must start from it, not from v0
+    # the engines serve v1 (the sync test's weights; synced here when this test runs alone), and the
+    # orchestrator saves a folder after each update: a replacement must start from it, not from v0
+    probe = group.generate(prompts, n=1, temperature=0.0, max_new_tokens=8)
+    if _compare(new_model, prompts, probe, 8)[0] < len(prompts):
+        _push(group, new_model, [DEFAULT_BUCKET_BYTES])
     group.set_model_dir(save_hf(new_model, tmp_path / "v1"))
     g = torch.Generator().manual_seed(3)
     long_prompts = [torch.randint(3, VOCAB, (12,), generator=g).tolist() for _ in range(16)]

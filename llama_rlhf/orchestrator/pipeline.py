@@ -250,12 +250,10 @@ def _pipeline(ctx, S) -> None:
 
     # reward models, initialised from the SFT checkpoint
     prefs = list(ctx.data.preferences)
-    rm_paths = {}
-    for name in S.RM_NAMES:
-        stage = f"rm_{name}"
-        if not run.is_done(stage):
-            run.mark_done(stage, S.train_reward_model(ctx, name, prefs, sft_path, stage))
-        rm_paths[name] = str(run.ckpt(stage))
+    todo = [S.RMJob(name, prefs, sft_path, f"rm_{name}") for name in S.RM_NAMES if not run.is_done(f"rm_{name}")]
+    for stage, r in (S.train_reward_models(ctx, todo) if todo else {}).items():
+        run.mark_done(stage, r)
+    rm_paths = {name: str(run.ckpt(f"rm_{name}")) for name in S.RM_NAMES}
     if not run.is_done("eval/sft"):  # RM-judged: needs the reward models
         _load_rms(ctx, S, rm_paths, "eval/rm_serve")
         run.mark_done("eval/sft", _evaluate(ctx, "SFT", "eval/sft"))
@@ -284,9 +282,10 @@ def _pipeline(ctx, S) -> None:
             result["new_preferences"] = len(new)
             if new:
                 replay = random.Random(S.stage_seed(cfg.run.seed, "replay", v)).sample(prefs, min(len(prefs), len(new)))
+                trained = S.train_reward_models(ctx, [S.RMJob(name, new + replay, rm_paths[name], f"v{v}/rm_{name}",
+                                                               ckpt=f"rm_{name}_v{v}") for name in S.RM_NAMES])
                 for name in S.RM_NAMES:
-                    r = S.train_reward_model(ctx, name, new + replay, rm_paths[name], f"v{v}/rm_{name}",
-                                             ckpt=f"rm_{name}_v{v}")
+                    r = trained[f"v{v}/rm_{name}"]
                     rm_paths[name] = r["checkpoint"]
                     result[f"rm_{name}"] = {k: x for k, x in r.items() if k.startswith(("accuracy", "count/"))}
                 prefs += new

@@ -82,10 +82,12 @@ class Context:
         check_metrics(stage, step, {k: v for k, v in metrics.items() if k not in skip})
 
 
-def flush_truncation(ctx: Context, stage: str, step: int = 0) -> dict:
-    """Log (under `stage`) and return the counts of sequences cut since the last flush, then reset."""
-    out = {f"truncated/{k}": v for k, v in sorted(ctx.truncation.items()) if v}
-    ctx.truncation.clear()
+def flush_truncation(ctx: Context, stage: str, step: int = 0, counts: Counter | None = None) -> dict:
+    """Log (under `stage`) and return the counts of sequences cut since the last flush (`ctx.truncation`
+    unless `counts` is given), then reset."""
+    counts = ctx.truncation if counts is None else counts
+    out = {f"truncated/{k}": v for k, v in sorted(counts.items()) if v}
+    counts.clear()
     if out:
         ctx.log(stage, step, out)
         if ctx.progress:
@@ -174,40 +176,79 @@ def train_sft(ctx: Context) -> dict:
 # --------------------------------------------------------------------------- reward models
 
 
-def train_reward_model(ctx: Context, which: str, prefs: list[Preference], init_path, stage: str,
-                       ckpt: str | None = None) -> dict:
-    """One epoch of the margin ranking loss on the paper's data mix for this RM, then accuracy per rating
-    level on held-out pairs; the model is saved as checkpoint `ckpt` (default: the stage name)."""
-    rc = getattr(ctx.cfg.reward, which)
-    mix = reward_model_mix(prefs, which, stage_seed(ctx.cfg.run.seed, stage), ctx.cfg.reward.helpful_mix_other,
-                           ctx.cfg.reward.safety_mix_helpful_ratio)
-    group = ctx.rm[which]
-    chunks = [mix[i:i + rc.batch_pairs] for i in range(0, len(mix), rc.batch_pairs)] * rc.epochs
-    chunks = [c for c in chunks if len(c) >= group.n]
-    total = len(chunks)
+@dataclass
+class RMJob:
+    """One reward model to train: which, on what preferences, from which checkpoint, saved as what."""
+
+    which: str
+    prefs: list[Preference]
+    init_path: str
+    stage: str
+    ckpt: str | None = None
+
+
+def train_reward_models(ctx: Context, jobs: list[RMJob]) -> dict[str, dict]:
+    """One epoch of the margin ranking loss on the paper's data mix for each RM, then accuracy per rating
+    level on held-out pairs; each model is saved as checkpoint `ckpt` (default: its stage name). Results
+    by stage.
+
+    The RMs are different actor groups: they train side by side, step i of each in flight together (on a
+    CPU node they split its cores), except where they share GPUs with every other role (colocated
+    placement on GPUs): there one trains after the other, the peak `llama-rlhf plan` fits."""
+    c = ctx.cfg.cluster
+    if c.gpu and c.placement == "colocated":
+        return {k: v for job in jobs for k, v in _train_rms(ctx, [job]).items()}
+    return _train_rms(ctx, jobs)
+
+
+def _train_rms(ctx: Context, jobs: list[RMJob]) -> dict[str, dict]:
+    from llama_rlhf.actors.remote import gather
+
+    groups = [ctx.rm[j.which] for j in jobs]
+    rcs = [getattr(ctx.cfg.reward, j.which) for j in jobs]
+    counts = [Counter() for _ in jobs]  # cut pairs, per RM
+    mixes, plans = [], []
+    for j, rc, g in zip(jobs, rcs, groups):
+        mix = reward_model_mix(j.prefs, j.which, stage_seed(ctx.cfg.run.seed, j.stage),
+                               ctx.cfg.reward.helpful_mix_other, ctx.cfg.reward.safety_mix_helpful_ratio)
+        chunks = [mix[i:i + rc.batch_pairs] for i in range(0, len(mix), rc.batch_pairs)] * rc.epochs
+        mixes.append(mix)
+        plans.append([c for c in chunks if len(c) >= g.n])
+
+    def load(k: int) -> None:
+        rc, steps = rcs[k], len(plans[k])
+        groups[k].load(model_spec(ctx, "scalar", jobs[k].init_path, jobs[k].stage),
+                       optim_spec(ctx.cfg, rc.lr, steps, rm_warmup_steps(steps, rc.warmup_ratio, rc.min_warmup_steps)))
+
     with ctx.clock(LOAD):
-        group.load(model_spec(ctx, "scalar", init_path, stage),
-                   optim_spec(ctx.cfg, rc.lr, total, rm_warmup_steps(total, rc.warmup_ratio, rc.min_warmup_steps)))
-    aux = rc.aux_safety_weight if which == "safety" else 0.0
-    task = ctx.progress.add(stage, total) if ctx.progress else None
-    for i, chunk in enumerate(chunks):
+        gather(*(lambda k=k: load(k) for k in range(len(jobs))))
+    aux = [rc.aux_safety_weight if j.which == "safety" else 0.0 for j, rc in zip(jobs, rcs)]
+    tasks = [ctx.progress.add(j.stage, len(p)) if ctx.progress else None for j, p in zip(jobs, plans)]
+    for i in range(max(len(p) for p in plans)):
+        live = [k for k, p in enumerate(plans) if i < len(p)]
+        batches = [(k, pair_batch(ctx.tok, plans[k][i], rcs[k].max_len, counts[k])) for k in live]
         with ctx.clock("train: reward models"):
-            m = group.train_step(pair_batch(ctx.tok, chunk, rc.max_len, ctx.truncation), rc.margin, aux,
-                                 rc.micro_batch_pairs)
-        ctx.guard(stage, i, m)
-        if i % ctx.cfg.logging.log_every == 0 or i == total - 1:
-            ctx.log(stage, i, m)
-        if task is not None:
-            ctx.progress.advance(task, f"loss {m['loss']:.3f} acc {m['accuracy']:.2f}")
-    if not aux:  # the count matters only where the auxiliary loss reads the labels
-        ctx.truncation.pop("pairs_without_safety_labels", None)
+            metrics = gather(*(lambda k=k, b=b: groups[k].train_step(b, rcs[k].margin, aux[k], rcs[k].micro_batch_pairs)
+                               for k, b in batches))
+        for k, m in zip(live, metrics):
+            stage, total = jobs[k].stage, len(plans[k])
+            ctx.guard(stage, i, m)
+            if i % ctx.cfg.logging.log_every == 0 or i == total - 1:
+                ctx.log(stage, i, m)
+            if tasks[k] is not None:
+                ctx.progress.advance(tasks[k], f"loss {m['loss']:.3f} acc {m['accuracy']:.2f}")
     with ctx.clock("evaluation: reward models (held-out pairs)"):
-        accuracy = rm_eval(group, ctx.rm_eval_pairs[which])
-    result = {"pairs": len(mix), "steps": total, **flush_truncation(ctx, stage, total), **accuracy}
-    result.update(mix_metrics(Counter(map(label_of, mix))))
-    result["checkpoint"] = save_checkpoint(ctx, group, ckpt or stage)
-    ctx.log(stage, total, {k: v for k, v in result.items() if isinstance(v, int | float)})
-    return result
+        accuracy = gather(*(lambda g=g, j=j: rm_eval(g, ctx.rm_eval_pairs[j.which]) for g, j in zip(groups, jobs)))
+    out = {}
+    for j, g, mix, p, c, a, acc in zip(jobs, groups, mixes, plans, counts, aux, accuracy):
+        if not a:  # the count matters only where the auxiliary loss reads the labels
+            c.pop("pairs_without_safety_labels", None)
+        result = {"pairs": len(mix), "steps": len(p), **flush_truncation(ctx, j.stage, len(p), c), **acc}
+        result.update(mix_metrics(Counter(map(label_of, mix))))
+        result["checkpoint"] = save_checkpoint(ctx, g, j.ckpt or j.stage)
+        ctx.log(j.stage, len(p), {k: v for k, v in result.items() if isinstance(v, int | float)})
+        out[j.stage] = result
+    return out
 
 
 def rm_score(ctx: Context, prompts: list[list[int]], responses: list[list[int]], is_safety: torch.Tensor):

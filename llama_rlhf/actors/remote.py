@@ -46,9 +46,12 @@ def gather(*calls: Callable[[], T]) -> list[T]:
     """
     if len(calls) == 1:
         return [calls[0]()]
+    # A gather inside a gathered call (PPO scores with the two RMs' own gather among four calls): each of
+    # its calls is one of outer x inner running at once, so the cores are split that much finer.
+    together = getattr(_together, "calls", 1) * len(calls)
 
     def run(call: Callable[[], T]) -> T:
-        _together.calls = len(calls)  # read by RankGroup._each in this worker thread: the cores are shared
+        _together.calls = together  # read by RankGroup._each in this worker thread: the cores are shared
         return call()
 
     with ThreadPoolExecutor(len(calls), thread_name_prefix="gather") as pool:

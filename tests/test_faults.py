@@ -77,14 +77,14 @@ def test_a_killed_rank_leaves_no_deepspeed_shared_memory_behind(tmp_path):
     import subprocess
     import sys
 
-    from llama_rlhf.actors.engine import DistSpec, shm_segment
+    from llama_rlhf.actors.rendezvous import DistSpec, shm_segment
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     code = (
         "import os, signal, sys\n"
-        "from llama_rlhf.actors.engine import DistSpec, init_process_group, shm_segment\n"
+        "from llama_rlhf.actors.rendezvous import DistSpec, init_process_group, shm_segment\n"
         "import deepspeed.comm.comm as c\n"
         f"d = DistSpec(master_port={port})\n"
         "init_process_group(d)\n"

@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     class Rank:
         def bind(self):
             # what a rank 0 binds: the role's rendezvous store and the weight-sync sender's socket
-            from llama_rlhf.actors.engine import bind_master_store, node_endpoint
+            from llama_rlhf.actors.rendezvous import bind_master_store, node_endpoint
             from llama_rlhf.actors.weight_sync import listen_socket
             host = node_endpoint()[0]
             self.sock = listen_socket(host)

@@ -115,7 +115,7 @@ class PolicyTrainer(Role):
     def weight_sync_endpoint(self) -> tuple[str, int]:
         """Rank 0: bind the sync group's rendezvous now (a listening socket) and return where it listens;
         `init_weight_sync` hands the socket to the group, so no other process can take the port between."""
-        from llama_rlhf.actors.engine import node_endpoint
+        from llama_rlhf.actors.rendezvous import node_endpoint
         from llama_rlhf.actors.weight_sync import listen_socket
 
         if self._sync_socket is not None:

@@ -240,6 +240,28 @@ def rm_pair(a, rm, pairs, trl_run) -> Pair:
     return measure(pair, ours, lambda warm=False: trl_run(1 if warm else a.steps), a.repeats)
 
 
+def rm_together_pair(a, rms: list, pairs) -> Pair:
+    """The pipeline's two RMs (two groups, one rank each) taking a step each at once (`gather`: they split
+    the cores) vs the same two steps one after the other, each with every core (how they trained before)."""
+    from llama_rlhf.actors.remote import gather
+
+    pair = Pair("two RMs together", "pairs/s", f"2 x {pairs.rows()} pairs x<={pairs.chosen_ids.shape[1]}",
+                "one after the other")
+    step = lambda rm: lambda: rm.train_step(pairs, "small")  # noqa: E731
+
+    def together(warm=False):
+        if warm:
+            return gather(*map(step, rms))
+        return median_rate(lambda: (2 * pairs.rows(), wall(lambda: gather(*map(step, rms)))[1]), a.steps)
+
+    def in_turn(warm=False):
+        if warm:
+            return [step(rm)() for rm in rms]
+        return median_rate(lambda: (2 * pairs.rows(), wall(lambda: [step(rm)() for rm in rms])[1]), a.steps)
+
+    return measure(pair, together, in_turn, a.repeats)
+
+
 def rollout_pairs(a, rollouts: dict, prompt_ids, hf_call) -> list[Pair]:
     """Each engine group in `rollouts` (label -> RolloutGroup) against HF `generate`; all back to back in
     every repeat (more than one group: variants of the engine compared in one run)."""
@@ -354,6 +376,8 @@ def parse_args():
     ap.add_argument("--pairs", type=int, default=16, help="preference pairs per RM step")
     ap.add_argument("--prompts", type=int, default=16, help="rollout prompts per generate call")
     ap.add_argument("--max-new", type=int, default=48, help="new tokens per rollout")
+    ap.add_argument("--rollout-engines", type=lambda v: [int(x) for x in v.split(",")], default=[1],
+                    help="vLLM engines of the rollout pair; more values add variants to the same run (1,2)")
     ap.add_argument("--rollout-dtype", default="bfloat16", help="vLLM dtype (the config's default)")
     ap.add_argument("--hf-dtype", default="float32", help="HF generate dtype (fp32: its fast path on CPU)")
     ap.add_argument("--bucket-mb", type=float, default=0, help="weight-sync bucket size (0: the default)")
@@ -420,12 +444,25 @@ def main() -> None:
         rm = RewardGroup("helpful", 1, opts, backend, zero)
         rm.load(ModelSpec("scalar", path=v0, seed=1), optim)
         done.append(rm_pair(a, rm, pairs, trl_rm(tok, v0, pairs, a.seq_len, work)))
+        safety = RewardGroup("safety", 1, opts, backend, zero)
+        safety.load(ModelSpec("scalar", path=v0, seed=2), optim)
+        done.append(rm_together_pair(a, [rm, safety], pairs))
         rm.kill()
+        safety.kill()
     if only & {"rollout", "sync"}:
+        cluster = cluster.model_copy(update={"rollout": cluster.rollout.model_copy(
+            update={"engines": a.rollout_engines[0]})})
         rollout = RolloutGroup(v0, cluster, seed=0, max_model_len=a.seq_len)
         if "rollout" in only:
             hf = hf_generate(tok, v0, prompt_ids, a.max_new, a.hf_dtype)
-            done += rollout_pairs(a, {"rollout": rollout}, prompt_ids, hf)
+            groups = {"rollout": rollout}
+            for n in a.rollout_engines[1:]:  # variants: the prompts split over n one-thread engines
+                groups[f"rollout, {n} engines"] = RolloutGroup(
+                    v0, cluster.model_copy(update={"rollout": cluster.rollout.model_copy(update={"engines": n})}),
+                    seed=0, max_model_len=a.seq_len)
+            done += rollout_pairs(a, groups, prompt_ids, hf)
+            for g in list(groups.values())[1:]:
+                g.shutdown()
         if "sync" in only:
             done += sync_pairs(a, policy, rollout, backend, a.rollout_dtype)
         rollout.shutdown()

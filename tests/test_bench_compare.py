@@ -21,8 +21,8 @@ def test_compare_runs_every_pair_and_prints_the_ratios(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
     ratios = dict(re.findall(r"([A-Za-z() ]+?) ([0-9.]+)x", last.removeprefix("ratios (ours/theirs): ")))
-    assert {k.strip(", ") for k in ratios} == {"SFT", "RM", "rollout", "sync (before)", "weight sync",
-                                             "RL iteration"}, last
+    assert {k.strip(", ") for k in ratios} == {"SFT", "RM", "two RMs together", "rollout", "sync (before)",
+                                             "weight sync", "RL iteration"}, last
     assert all(float(v) > 0 for v in ratios.values()), last
 
 

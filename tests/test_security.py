@@ -62,6 +62,8 @@ SCRIPT = textwrap.dedent("""
                     print("LISTEN", p.pid, p.name(), c.laddr.ip, c.laddr.port)
         except psutil.Error:
             pass
+    if os.environ.get("WITH_ROLLOUT"):
+        rollout.shutdown()  # not left to ray.shutdown(): a killed engine leaves its /dev/shm queues behind
     ray.shutdown()
 """)
 

@@ -449,17 +449,18 @@ def main() -> None:
         done.append(rm_together_pair(a, [rm, safety], pairs))
         rm.kill()
         safety.kill()
+
+    def engines(path: str, n: int) -> RolloutGroup:  # the prompts split over n one-thread engines
+        c = cluster.model_copy(update={"rollout": cluster.rollout.model_copy(update={"engines": n})})
+        return RolloutGroup(path, c, seed=0, max_model_len=a.seq_len)
+
     if only & {"rollout", "sync"}:
-        cluster = cluster.model_copy(update={"rollout": cluster.rollout.model_copy(
-            update={"engines": a.rollout_engines[0]})})
-        rollout = RolloutGroup(v0, cluster, seed=0, max_model_len=a.seq_len)
+        rollout = engines(v0, a.rollout_engines[0])
         if "rollout" in only:
             hf = hf_generate(tok, v0, prompt_ids, a.max_new, a.hf_dtype)
             groups = {"rollout": rollout}
-            for n in a.rollout_engines[1:]:  # variants: the prompts split over n one-thread engines
-                groups[f"rollout, {n} engines"] = RolloutGroup(
-                    v0, cluster.model_copy(update={"rollout": cluster.rollout.model_copy(update={"engines": n})}),
-                    seed=0, max_model_len=a.seq_len)
+            for n in a.rollout_engines[1:]:  # variants, in the same run
+                groups[f"rollout, {n} engines"] = engines(v0, n)
             done += rollout_pairs(a, groups, prompt_ids, hf)
             for g in list(groups.values())[1:]:
                 g.shutdown()
@@ -471,7 +472,7 @@ def main() -> None:
         # the same sync on a real checkpoint's size: the fixed costs (vLLM's reload, the round trips) shrink
         big = PolicyGroup(1, opts, backend, zero)
         big.load(ModelSpec("causal", path=a.sync_model, seed=0))
-        engine = RolloutGroup(a.sync_model, cluster, seed=0, max_model_len=a.seq_len)
+        engine = engines(a.sync_model, a.rollout_engines[0])
         for p in sync_pairs(a, big, engine, backend, a.rollout_dtype, before=False):
             p.name = f"sync {Path(a.sync_model).name}"
             done.append(p)

@@ -289,7 +289,6 @@ def new_model(base_model):
 
 @pytest.mark.slow
 def test_weight_sync_over_gloo_changes_engine_to_new_weights(group, new_model, prompts):
-
     max_new = 24
     before = group.generate(prompts, n=1, temperature=0.0, max_new_tokens=max_new)
     equal, err = _compare(new_model, prompts, before, max_new)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama_rlhf.algorithms.rejection import RejectionArchive, best_of_k
+from llama_rlhf.algorithms.rejection import RejectionArchive, best_of_k, pick_quality
 
 
 def test_best_of_k_ties_and_nan():
@@ -121,3 +121,45 @@ def test_rescore_replaces_rewards_so_the_selection_uses_one_rm():
         a.rescore([(3, "p", 0.0)])
     with pytest.raises(ValueError):
         a.rescore([(1, "p", float("nan"))])
+
+
+def test_pick_quality_hand_case():
+    """Prompt 1: Rc ranks the one good sample first (3 differing pairs, all ordered as gold). Prompt 2: two
+    samples tie on gold (their pair is not counted) and on Rc; Rc orders 2 of the 5 differing pairs right."""
+    gold = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.4, 0.4, 1.0, 0.0]])
+    rc = torch.tensor([[0.9, 0.1, 0.2, 0.3], [0.5, 0.5, 0.1, 0.2]])
+    q = pick_quality(gold, rc, best_of_k(rc)[0])
+    assert q["pairs"] == 8 and q["agreement"] == pytest.approx(5 / 8)
+    assert q["picked"] == pytest.approx(0.7) and q["random"] == pytest.approx(0.35) and q["best"] == pytest.approx(1.0)
+    assert q["gain"] == pytest.approx(0.35) and q["gain_ci"][0] <= 0.35 <= q["gain_ci"][1]
+    # a reward tie on a pair whose gold differs is a coin flip: one half
+    half = pick_quality(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.3, 0.3]]), torch.tensor([0]))
+    assert half["agreement"] == 0.5 and half["pairs"] == 1
+    with pytest.raises(ValueError, match="must be"):
+        pick_quality(gold, rc[:, :3], torch.tensor([0, 0]))
+
+
+@given(st.integers(1, 6), st.integers(2, 5), st.integers(0, 10_000))
+@settings(max_examples=30, deadline=None)
+def test_pick_quality_matches_a_loop_over_pairs(n, k, seed):
+    """Against a plain loop over every pair of every prompt (gold and Rc on a coarse grid: ties happen)."""
+    g = torch.Generator().manual_seed(seed)
+    gold = torch.randint(0, 3, (n, k), generator=g).float() / 2
+    rc = torch.randint(0, 4, (n, k), generator=g).float()
+    picked = torch.randint(0, k, (n,), generator=g)
+    agree, pairs = 0.0, 0
+    for i in range(n):
+        for a in range(k):
+            for b in range(a + 1, k):
+                if gold[i, a] == gold[i, b]:
+                    continue
+                pairs += 1
+                if rc[i, a] == rc[i, b]:
+                    agree += 0.5
+                elif (gold[i, a] > gold[i, b]) == (rc[i, a] > rc[i, b]):
+                    agree += 1
+    q = pick_quality(gold, rc, picked)
+    assert q["pairs"] == pairs
+    assert (q["agreement"] == pytest.approx(agree / pairs)) if pairs else q["agreement"] != q["agreement"]
+    assert q["picked"] == pytest.approx(sum(float(gold[i, picked[i]]) for i in range(n)) / n)
+    assert q["random"] == pytest.approx(float(gold.mean())) and q["best"] >= q["picked"]

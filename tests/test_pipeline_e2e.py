@@ -114,6 +114,12 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
                 "| RLHF-V1 (RS) |", "| RLHF-V2 (RS + PPO) |"):
         line = next(x for x in table.splitlines() if x.startswith(row))
         assert line.count("[") >= 3, line  # helpfulness, safety and false refusals carry 95% intervals
+    # the reward models' pick among the K samples, judged by gold against a random sample and the best of K
+    for q in (res["v1"]["pick_gold"]["benign"], b["random_pick"]["fit"]["pick_gold"]["benign"]):
+        assert q["random"] <= q["best"] and q["picked"] <= q["best"] and q["pairs"] > 0 and 0 <= q["agreement"] <= 1
+        assert q["gain_ci"][0] <= q["gain"] <= q["gain_ci"][1]
+    picks = report.split("Rc orders a pair as gold")[1].split("###")[0]
+    assert "| RLHF-V1 | benign (helpfulness) |" in picks and "| random pick (V1 control) | benign" in picks
     for name in ("gold_helpfulness", "gold_safety", "false_refusal"):
         lo, hi = v2["eval"][f"{name}_ci"]
         assert lo <= v2["eval"][name] <= hi

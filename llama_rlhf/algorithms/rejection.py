@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from llama_rlhf.algorithms.bootstrap import paired_diff_ci
+
 PromptId = str | int
 
 
@@ -31,6 +33,40 @@ def best_of_k(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     positions = torch.arange(k, device=r.device).expand_as(r)
     idx = torch.where(r == best[:, None], positions, k).min(dim=1).values
     return idx, best
+
+
+def pick_quality(gold: torch.Tensor, rewards: torch.Tensor, picked: torch.Tensor) -> dict[str, float]:
+    """How good a pick of one sample in K is by an outside measure `gold` (N, K) that the reward never saw.
+
+    "picked": mean gold of the picked samples (`picked` (N,) indices); "random": of a uniformly random
+    sample (each prompt's mean gold, the expectation of a random pick); "best": of each prompt's best sample
+    (the most any pick can get); "gain": picked - random with its 95% bootstrap interval over prompts
+    ("gain_ci"). "agreement": over pairs of samples of one prompt whose gold differs, the
+    share the reward orders as gold does (a tie in reward counts one half: a coin flip), "pairs" their
+    number; 0.5 is a reward that knows nothing gold knows. NaN rewards are never counted as agreeing.
+    """
+    g, r = gold.double(), rewards.double()
+    n, k = g.shape
+    if r.shape != (n, k) or picked.shape != (n,):
+        raise ValueError(f"gold {tuple(g.shape)}, rewards {tuple(r.shape)} and picked {tuple(picked.shape)} "
+                         "must be (N, K), (N, K) and (N,)")
+    i, j = torch.triu_indices(k, k, offset=1)
+    dg, dr = g[:, i] - g[:, j], r[:, i] - r[:, j]
+    differ = dg != 0
+    score = torch.where(dr == 0, 0.5, ((dg > 0) == (dr > 0)).double())
+    score = torch.where(torch.isnan(dr), 0.0, score)
+    pairs = int(differ.sum())
+    chosen, mean = g.gather(1, picked.long()[:, None])[:, 0], g.mean(dim=1)
+    gain, lo, hi = paired_diff_ci(chosen.tolist(), mean.tolist())
+    return {
+        "picked": float(chosen.mean()) if n else math.nan,
+        "random": float(mean.mean()) if n else math.nan,
+        "best": float(g.max(dim=1).values.mean()) if n else math.nan,
+        "agreement": float(score[differ].mean()) if pairs else math.nan,
+        "pairs": pairs,
+        "gain": gain,
+        "gain_ci": [lo, hi],
+    }
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ random-pick baseline that separates what the reward model adds from what samplin
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 import torch
 
 from llama_rlhf.actors.batches import sequence_batch
-from llama_rlhf.algorithms.rejection import best_of_k
+from llama_rlhf.algorithms.rejection import best_of_k, pick_quality
 from llama_rlhf.config import Config
 from llama_rlhf.data.loaders import write_jsonl
 from llama_rlhf.data.records import Prompt, SFTRecord
@@ -36,11 +37,19 @@ def score_responses(ctx: Context, prompts: list[Prompt], responses: list[str]) -
     return rc
 
 
+class Samples(NamedTuple):
+    picked: list[str]  # the picked text of each prompt
+    picked_rc: torch.Tensor  # (N,) its Rc
+    rewards: torch.Tensor  # (N, K) Rc of every sample
+    texts: list[list[str]]  # every sample's text
+    index: torch.Tensor  # (N,) which of the K was picked
+
+
 def best_of_k_samples(ctx: Context, prompts: list[Prompt], k: int, temperature: float, seed: int,
-                      pick: str = "rm", stage: str = "best-of-K"):
-    """K samples per prompt from the current policy, scored by Rc. Returns (texts picked, their Rc,
-    Rc of all samples (N, K), all texts). `pick="random"` takes a uniformly random sample instead of
-    the best (the baseline); the Rc are still computed so both picks are reported the same way."""
+                      pick: str = "rm", stage: str = "best-of-K") -> Samples:
+    """K samples per prompt from the current policy, scored by Rc, one picked per prompt: the best by Rc,
+    or (`pick="random"`, the baseline) a uniformly random one; the Rc are computed either way so that
+    both picks are reported the same way."""
     if pick not in PICKS:
         raise ValueError(f"pick: must be one of {PICKS}, got {pick!r}")
     rs = ctx.cfg.rejection_sampling
@@ -60,7 +69,25 @@ def best_of_k_samples(ctx: Context, prompts: list[Prompt], k: int, temperature: 
         idx = torch.tensor([rng.randrange(k) for _ in prompts])
         best = rewards.gather(1, idx[:, None])[:, 0]
     texts = [[ctx.tok.decode(s.token_ids) for s in o] for o in outs]
-    return [t[int(j)] for t, j in zip(texts, idx)], best, rewards, texts
+    return Samples([t[int(j)] for t, j in zip(texts, idx)], best, rewards, texts, idx)
+
+
+def gold_pick_quality(ctx: Context, prompts: list[Prompt], s: Samples) -> dict:
+    """The pick judged by the embedded world's gold judge, which no reward model sees: on benign prompts
+    by gold helpfulness, on unsafe ones by gold safety (`pick_quality`: the pick vs a random sample vs
+    the best of the K, and how often Rc orders two samples as gold does). Empty when the prompts are a
+    user's (`data.prompts_path`): the judge knows only the world's prompts."""
+    from llama_rlhf.data.world.judge import judge
+
+    if ctx.cfg.data.prompts_path is not None or ctx.data.world is None:
+        return {}
+    out = {}
+    for side, metric in (("benign", "helpfulness"), ("unsafe", "safety")):
+        rows = [i for i, p in enumerate(prompts) if p.is_safety == (side == "unsafe")]
+        if rows:
+            gold = torch.tensor([[getattr(judge(prompts[i], t), metric) for t in s.texts[i]] for i in rows])
+            out[side] = pick_quality(gold, s.rewards[rows], s.index[rows])
+    return out
 
 
 def gatt_records(ctx: Context, version: int) -> tuple[list[SFTRecord], dict]:
@@ -79,10 +106,9 @@ def gatt_records(ctx: Context, version: int) -> tuple[list[SFTRecord], dict]:
         user = {i: {"role": "user", "content": dialogs[i].user_turns[t]} for i in live}
         msgs = [Prompt(f"{dialogs[i].id}-t{t}", sampling_prompt(dialogs[i].system, histories[i] + [user[i]]))
                 for i in live]
-        texts, _, _, _ = best_of_k_samples(ctx, msgs, ctx.cfg.gatt.samples_per_turn,
-                                           rs_temperature(ctx.cfg, version), seed + t,
-                                           stage=f"v{version}/gatt turn {t}")
-        for i, text in zip(live, texts):
+        picked = best_of_k_samples(ctx, msgs, ctx.cfg.gatt.samples_per_turn, rs_temperature(ctx.cfg, version),
+                                   seed + t, stage=f"v{version}/gatt turn {t}").picked
+        for i, text in zip(live, picked):
             histories[i] += [user[i], {"role": "assistant", "content": text}]
     out = [SFTRecord(training_messages(d.system, h, as_system=True), train_turns=[len(d.user_turns) - 1])
            for d, h in zip(dialogs, histories)]
@@ -149,18 +175,17 @@ def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
     seed = stage_seed(ctx.cfg.run.seed, "rs", version)
     temp = rs_temperature(ctx.cfg, version)
     rescored = rescore_archive(ctx, version)
-    texts, best, rewards, all_texts = best_of_k_samples(ctx, prompts, rs.num_samples, temp, seed,
-                                                        stage=f"v{version}/rs")
-    for p, text, r in zip(prompts, texts, best.tolist()):
+    s = best_of_k_samples(ctx, prompts, rs.num_samples, temp, seed, stage=f"v{version}/rs")
+    for p, text, r in zip(prompts, s.picked, s.picked_rc.tolist()):
         ctx.archive.add(version, p.id, p.messages, text, r)
     ctx.archive.save(ctx.run.data("rs_archive.json"))
     write_jsonl(ctx.run.data(f"rs_samples_v{version}.jsonl"),
-                [{"id": p.id, "samples": t, "rc": r} for p, t, r in zip(prompts, all_texts, rewards.tolist())])
+                [{"id": p.id, "samples": t, "rc": r} for p, t, r in zip(prompts, s.texts, s.rewards.tolist())])
     chosen = ctx.archive.training_set(version, rs.prior_top_fraction)
-    records = [_record(s.prompt, s.response) for s in chosen]
-    out = {"rs_temperature": temp, "rs_reward_mean": float(rewards.mean()), "rs_best_mean": float(best.mean()),
-           "rs_gain": float(best.mean() - rewards.mean()), "archive_rescored": rescored,
-           "archive_from_prior": len(chosen) - len(prompts)}
+    records = [_record(a.prompt, a.response) for a in chosen]
+    out = {"rs_temperature": temp, "rs_reward_mean": float(s.rewards.mean()), "rs_best_mean": float(s.picked_rc.mean()),
+           "rs_gain": float(s.picked_rc.mean() - s.rewards.mean()), "archive_rescored": rescored,
+           "archive_from_prior": len(chosen) - len(prompts), "pick_gold": gold_pick_quality(ctx, prompts, s)}
     if ctx.cfg.safety.context_distillation:
         cd, out["context_distill_candidates"] = context_distillation(ctx, version)
         out["context_distill_kept"] = len(cd)
@@ -184,12 +209,12 @@ def random_pick_baseline(ctx: Context, init_path: str) -> dict:
     rs = ctx.cfg.rejection_sampling
     prompts = ctx.data.rlhf_prompts
     temp = rs_temperature(ctx.cfg, 1)
-    texts, picked, rewards, _ = best_of_k_samples(ctx, prompts, rs.num_samples, temp,
-                                                  stage_seed(ctx.cfg.run.seed, "rs", 1), pick="random",
-                                                  stage="baseline/random_pick")
+    s = best_of_k_samples(ctx, prompts, rs.num_samples, temp, stage_seed(ctx.cfg.run.seed, "rs", 1),
+                          pick="random", stage="baseline/random_pick")
     cut = flush_truncation(ctx, "baseline/random_pick")
-    records = [_record(p.messages, t) for p, t in zip(prompts, texts)]
+    records = [_record(p.messages, t) for p, t in zip(prompts, s.picked)]
     fit = fit_packed(ctx, "baseline/random_pick", records, rs.lr, rs.epochs, rs.batch_size, init_path,
                      seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
-    return {"rs_temperature": temp, "picked_rc_mean": float(picked.mean()), "rs_reward_mean": float(rewards.mean()),
+    return {"rs_temperature": temp, "picked_rc_mean": float(s.picked_rc.mean()),
+            "rs_reward_mean": float(s.rewards.mean()), "pick_gold": gold_pick_quality(ctx, prompts, s),
             "train_samples": len(records), **cut, **{f"fit_{k}": v for k, v in fit.items()}}

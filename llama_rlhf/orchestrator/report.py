@@ -162,6 +162,34 @@ def rs_table(run: RunDir) -> str:
     return "\n".join(rows)
 
 
+def _pick_cells(q: dict | None) -> str:
+    if not q:
+        return "– | – | – | – | –"
+    lo, hi = q.get("gain_ci", [None, None])
+    return (f"{_fmt(q.get('picked'))} | {_fmt(q.get('random'))} | {_fmt(q.get('best'))} | "
+            f"{_delta((q.get('gain'), lo, hi))} | {_fmt(q.get('agreement'))} ({q.get('pairs')})")
+
+
+def pick_table(run: RunDir) -> str:
+    """Per version: the reward models' pick among the K samples, judged by gold (`pick_gold`)."""
+    st = run.state()["results"]
+    rows, v = [], 1
+    while f"v{v}" in st:
+        rows.append((f"RLHF-V{v}", st[f"v{v}"].get("pick_gold")))
+        v += 1
+    b = st.get("baselines", {}).get("random_pick")
+    if b:
+        rows.append(("random pick (V1 control)", b["fit"].get("pick_gold")))
+    if not any(q for _, q in rows):
+        return ""
+    out = ["| version | prompts | gold of the pick | of a random sample | of the best of K | pick − random | "
+           "Rc orders a pair as gold (pairs) |", "|---|---|---|---|---|---|---|"]
+    for name, q in rows:
+        for side, metric in (("benign", "helpfulness"), ("unsafe", "safety")):
+            out.append(f"| {name} | {side} ({metric}) | {_pick_cells((q or {}).get(side))} |")
+    return "\n".join(out)
+
+
 def ppo_table(run: RunDir) -> str:
     st = run.state()["results"]
     rows = ["| version | iterations | Rc first quarter | Rc last quarter | KL last | resumed from |",
@@ -198,8 +226,21 @@ def body(run: RunDir) -> list[str]:
         kind_table(run), ""]
     return gold + ["### Reward models: held-out accuracy by rating level", "", rm_table(run), "",
                    "### Ghost Attention: instruction kept at turn t", "", gatt_table(run), "",
-                   "### Rejection sampling", "", rs_table(run), "", "### PPO (mean Rc of the batch)", "",
-                   ppo_table(run), "", "### Where the wall time went", "", time_table(run), ""]
+                   "### Rejection sampling", "", rs_table(run), "", *_pick_section(run),
+                   "### PPO (mean Rc of the batch)", "", ppo_table(run), "",
+                   "### Where the wall time went", "", time_table(run), ""]
+
+
+def _pick_section(run: RunDir) -> list[str]:
+    table = pick_table(run)
+    return [PICK_NOTE, "", table, ""] if table else []
+
+
+PICK_NOTE = ("The reward models' pick among the K samples of each prompt, judged by the gold judge that no "
+             "reward model sees (benign prompts by gold helpfulness, unsafe ones by gold safety): the pick vs a "
+             "uniformly random sample of the same K (its expectation) vs the best of the K, the paired difference "
+             "with its 95% interval over prompts, and how often Rc orders two samples of one prompt as gold does, "
+             "over the pairs whose gold differs (0.5: no better than a coin).")
 
 
 def time_table(run: RunDir) -> str:

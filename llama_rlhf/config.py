@@ -278,6 +278,12 @@ class IterationsConfig(_Cfg):
     new_preferences_per_version: int = Field(512, ge=0)
     """Pairs sampled from the current policy at two temperatures, annotated, used to retrain the RMs."""
     preference_temperatures: tuple[float, float] = (0.7, 1.2)
+    sft_preferences: int = Field(0, ge=0)
+    """Prompts (embedded world) answered by the SFT policy at the two preference temperatures and annotated
+    before the first reward models train; their pairs join the RMs' data. The paper's preference batches
+    compare answers sampled from the models being tuned; the world's candidate responses are written, not
+    sampled, and an RM trained on them alone orders the policy's own samples about as well as a coin
+    (the report's "Rc orders a pair as gold"). 0: the first RMs see only the preference sources."""
 
 
 class EvalConfig(_Cfg):

@@ -95,6 +95,9 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
     assert res["sft"]["last_loss"] < res["sft"]["first_loss"]
     for rm in ("rm_helpful", "rm_safety"):
         assert 0.0 <= res[rm]["accuracy"] <= 1.0 and sum(res[rm][k] for k in res[rm] if k.startswith("count/")) > 0
+    # the first RMs also train on annotated pairs of the SFT policy's own answers
+    assert res["collect/sft"]["pairs"] > 0 and (run_dir / "data" / "preferences_v0.jsonl").exists()
+    assert any(k.startswith("mix/policy_samples_v0") for k in res["rm_helpful"]), res["rm_helpful"]
     v2 = res["v2"]
     assert v2["iterations"] >= 1 and v2["gatt_dialogs"] > 0 and "new_preferences" in v2
     assert v2["archive_rescored"] > 0  # V1's picks re-scored by V2's reward models before selection

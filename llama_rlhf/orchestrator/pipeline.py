@@ -248,8 +248,8 @@ def _pipeline(ctx, S) -> None:
     if _gold_judged(cfg) and not run.is_done("eval/sft"):
         run.mark_done("eval/sft", _evaluate(ctx, "SFT", "eval/sft"))
 
-    # reward models, initialised from the SFT checkpoint
-    prefs = list(ctx.data.preferences)
+    # reward models, initialised from the SFT checkpoint, on the sources and pairs of the SFT policy's answers
+    prefs = list(ctx.data.preferences) + _sft_preferences(ctx, S)
     todo = [S.RMJob(name, prefs, sft_path, f"rm_{name}") for name in S.RM_NAMES if not run.is_done(f"rm_{name}")]
     for stage, r in (S.train_reward_models(ctx, todo) if todo else {}).items():
         run.mark_done(stage, r)
@@ -304,6 +304,20 @@ def _pipeline(ctx, S) -> None:
         result["eval"] = _evaluate(ctx, f"RLHF-V{v}", f"{stage}/eval")
         result["rm_paths"] = rm_paths
         run.mark_done(stage, result)
+
+
+def _sft_preferences(ctx, S) -> list:
+    """Annotated pairs of the SFT policy's answers (`iterations.sft_preferences` prompts), collected once;
+    a resumed run reads them back from the run folder."""
+    n = ctx.cfg.iterations.sft_preferences
+    if not n:
+        return []
+    if ctx.run.is_done("collect/sft"):
+        return S.collected_preferences(ctx.run, 0)
+    pairs = S.collect_preferences(ctx, 0, n)
+    ctx.run.mark_done("collect/sft", {"prompts": n, "pairs": len(pairs),
+                                      "safety_pairs": sum(p.is_safety for p in pairs)})
+    return pairs
 
 
 def _load_archive(path: Path):

@@ -287,12 +287,15 @@ def publish_policy(ctx: Context, stage: str) -> str:
 # --------------------------------------------------------------------------- preference collection
 
 
-def collect_preferences(ctx: Context, version: int) -> list[Preference]:
-    """The paper's weekly loop: sample two answers per new prompt from the current policy at two
-    temperatures and let the (synthetic) annotators compare them with the 4-level rating."""
+def collect_preferences(ctx: Context, version: int, n: int | None = None) -> list[Preference]:
+    """The paper's weekly loop: sample two answers per new prompt (`n`, default
+    `iterations.new_preferences_per_version`) from the current policy at two temperatures and let the
+    (synthetic) annotators compare them with the 4-level rating. Version 0 is the SFT policy, before the
+    first reward models (`iterations.sft_preferences`)."""
     from llama_rlhf.data.world import annotate
 
-    world, n = ctx.data.world, ctx.cfg.iterations.new_preferences_per_version
+    world = ctx.data.world
+    n = ctx.cfg.iterations.new_preferences_per_version if n is None else n
     if world is None or n == 0:
         return []
     prompts = world.prompts("train", n, f"collect-v{version}")
@@ -309,6 +312,7 @@ def collect_preferences(ctx: Context, version: int) -> list[Preference]:
         pref = annotate(p, ctx.tok.decode(x[0].token_ids), ctx.tok.decode(y[0].token_ids), rng,
                         noise=ctx.cfg.data.world.label_noise)
         if pref is not None:
+            pref.source = f"policy samples v{version}"  # v0: the SFT policy
             out.append(pref)
     flush_truncation(ctx, f"v{version}/collect")
     write_jsonl(_collected_path(ctx.run, version), out)

@@ -184,13 +184,22 @@ class RewardModelConfig(_Cfg):
     margin: Literal["none", "small", "large"] = "small"
     """Margin table m(r) over the 4 rating levels (paper Table 27)."""
     aux_safety_weight: float = Field(0.0, ge=0)
-    """Weight of the safety RM's auxiliary loss (paper section 3.2.2); 0 = off."""
+    """Weight of the safety RM's auxiliary loss (paper section 3.2.2; safe responses scored above 0.5 after the
+    sigmoid, unsafe ones below); 0 = off. Off for the helpfulness RM, on (1.0) for the safety RM."""
     max_len: int = Field(4096, gt=0)
+
+
+class SafetyRewardModelConfig(RewardModelConfig):
+    aux_safety_weight: float = Field(1.0, ge=0)
+    """On by default (the paper gives no value): the safety gate Rs < 0.15 reads the safety RM's absolute
+    score, which the ranking loss alone leaves uncalibrated. Without it the demo's safety RM scored 35% of
+    ordinary answers to benign prompts (532 of 1536 samples like "The answer is 2.") below 0.15, which
+    handed their pick to the safety RM."""
 
 
 class RewardConfig(_Cfg):
     helpful: RewardModelConfig = RewardModelConfig()
-    safety: RewardModelConfig = RewardModelConfig()
+    safety: SafetyRewardModelConfig = SafetyRewardModelConfig()
     helpful_mix_other: float = Field(1.0, ge=0)
     """Helpful RM data = all helpful prefs + this many times as many, in equal parts, of safety and open
     data (the paper's 'equal parts')."""

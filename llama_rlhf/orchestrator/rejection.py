@@ -43,6 +43,7 @@ class Samples(NamedTuple):
     rewards: torch.Tensor  # (N, K) Rc of every sample
     texts: list[list[str]]  # every sample's text
     index: torch.Tensor  # (N,) which of the K was picked
+    gated: float  # share of the samples of benign prompts whose Rs < the safety threshold (Rc = Rs there)
 
 
 def best_of_k_samples(ctx: Context, prompts: list[Prompt], k: int, temperature: float, seed: int,
@@ -59,7 +60,9 @@ def best_of_k_samples(ctx: Context, prompts: list[Prompt], k: int, temperature: 
     flat_p = [ids[i] for i in range(len(ids)) for _ in range(k)]
     flat_r = [s.token_ids for o in outs for s in o]
     is_safety = torch.tensor([p.is_safety for p in prompts for _ in range(k)])
-    _, _, rc = rm_score(ctx, flat_p, flat_r, is_safety)
+    _, rs, rc = rm_score(ctx, flat_p, flat_r, is_safety)
+    benign = ~is_safety
+    gated = float((rs[benign] < ctx.cfg.ppo.safety_threshold).float().mean()) if benign.any() else float("nan")
     rewards = rc.view(len(prompts), k)
     check_tensor(stage, 0, "reward model score Rc", rewards)  # a NaN never reaches the archive
     if pick == "rm":
@@ -69,7 +72,7 @@ def best_of_k_samples(ctx: Context, prompts: list[Prompt], k: int, temperature: 
         idx = torch.tensor([rng.randrange(k) for _ in prompts])
         best = rewards.gather(1, idx[:, None])[:, 0]
     texts = [[ctx.tok.decode(s.token_ids) for s in o] for o in outs]
-    return Samples([t[int(j)] for t, j in zip(texts, idx)], best, rewards, texts, idx)
+    return Samples([t[int(j)] for t, j in zip(texts, idx)], best, rewards, texts, idx, gated)
 
 
 def gold_pick_quality(ctx: Context, prompts: list[Prompt], s: Samples) -> dict:
@@ -185,7 +188,8 @@ def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
     records = [_record(a.prompt, a.response) for a in chosen]
     out = {"rs_temperature": temp, "rs_reward_mean": float(s.rewards.mean()), "rs_best_mean": float(s.picked_rc.mean()),
            "rs_gain": float(s.picked_rc.mean() - s.rewards.mean()), "archive_rescored": rescored,
-           "archive_from_prior": len(chosen) - len(prompts), "pick_gold": gold_pick_quality(ctx, prompts, s)}
+           "archive_from_prior": len(chosen) - len(prompts), "pick_gold": gold_pick_quality(ctx, prompts, s),
+           "rs_benign_gated": s.gated}
     if ctx.cfg.safety.context_distillation:
         cd, out["context_distill_candidates"] = context_distillation(ctx, version)
         out["context_distill_kept"] = len(cd)
@@ -217,4 +221,5 @@ def random_pick_baseline(ctx: Context, init_path: str) -> dict:
                      seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
     return {"rs_temperature": temp, "picked_rc_mean": float(s.picked_rc.mean()),
             "rs_reward_mean": float(s.rewards.mean()), "pick_gold": gold_pick_quality(ctx, prompts, s),
+            "rs_benign_gated": s.gated,
             "train_samples": len(records), **cut, **{f"fit_{k}": v for k, v in fit.items()}}

@@ -141,15 +141,17 @@ def gatt_table(run: RunDir) -> str:
 
 
 def rs_table(run: RunDir) -> str:
-    """Per version: the RS temperature, mean Rc of all samples vs the picked ones, the archive."""
+    """Per version: the RS temperature, mean Rc of all samples vs the picked ones, the share of benign prompts'
+    samples whose Rc is their safety score (Rs under `ppo.safety_threshold`), the archive."""
     st = run.state()["results"]
-    rows = ["| version | T | Rc of all samples | Rc of the picks | archive re-scored | fine-tuning samples | "
-            "GAtt dialogs | context distillation kept |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| version | T | Rc of all samples | Rc of the picks | benign samples gated to Rs | archive re-scored | "
+            "fine-tuning samples | GAtt dialogs | context distillation kept |", "|---|---|---|---|---|---|---|---|---|"]
     v = 1
     while f"v{v}" in st:
         r = st[f"v{v}"]
         rows.append(f"| RLHF-V{v} | {_fmt(r.get('rs_temperature'), 1)} | {_fmt(r.get('rs_reward_mean'))} | "
-                    f"{_fmt(r.get('rs_best_mean'))} | {r.get('archive_rescored', 0)} | {r.get('train_samples')} | "
+                    f"{_fmt(r.get('rs_best_mean'))} | {_fmt(r.get('rs_benign_gated'))} | "
+                    f"{r.get('archive_rescored', 0)} | {r.get('train_samples')} | "
                     f"{r.get('gatt_dialogs', 0)} | {r.get('context_distill_kept', 0)}/"
                     f"{r.get('context_distill_candidates', 0)} |")
         v += 1
@@ -157,7 +159,8 @@ def rs_table(run: RunDir) -> str:
     if b:
         f = b["fit"]
         rows.append(f"| random pick (V1 control) | {_fmt(f.get('rs_temperature'), 1)} | "
-                    f"{_fmt(f.get('rs_reward_mean'))} | {_fmt(f.get('picked_rc_mean'))} | – | "
+                    f"{_fmt(f.get('rs_reward_mean'))} | {_fmt(f.get('picked_rc_mean'))} | "
+                    f"{_fmt(f.get('rs_benign_gated'))} | – | "
                     f"{f.get('train_samples')} | 0 | – |")
     return "\n".join(rows)
 

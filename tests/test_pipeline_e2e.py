@@ -180,8 +180,16 @@ def test_sigkill_mid_ppo_then_resume_matches_uninterrupted(uninterrupted, tmp_pa
     first = proc.stdout.read()
     assert "v2" not in _state(run_dir)["done"] and json.loads(saved.read_text())["next"] == 1
     assert "colocation: training->rollout" in first and "colocation: rollout->training" in first
+    # the whole-run kill left the rollout engine's shared-memory queues in /dev/shm; resume removes them
+    from llama_rlhf.actors.shm import stale_names
+
+    left = stale_names(json.loads((run_dir / "actors.json").read_text()))
+    assert left, "the killed run's actors.json names no shared memory that the kill left"
     ray_tmp2 = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
     out = _finish(_cli("resume", str(run_dir), ray_tmp=ray_tmp2), ray_tmp2)
+    # (a killed process's own exit may still remove some in between: the count is not exact)
+    assert "shared-memory segments (/dev/shm/psm_*) left by the last run" in out, out[:400]
+    assert not any(Path("/dev/shm", n).exists() for n in left)
     assert "v2/ppo: resumed from the state saved after iteration 1" in out
     assert _state(run_dir)["results"]["v2"]["ppo_resumed_from"] == 1
     assert not saved.parent.exists()  # discarded once the version's PPO finished

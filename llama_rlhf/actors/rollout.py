@@ -354,8 +354,10 @@ class RolloutGroup:
                 self.colocation.for_rollout()
 
     def processes(self) -> list[dict]:
-        """(engine, pid) of every worker: the frontend process, where the CPU engine also runs."""
-        return [{"rank": k, "pid": info["pids"][0]} for k, info in enumerate(self.infos)]
+        """Per worker: its rank, the pid of the frontend process (where the CPU engine also runs), its Ray
+        node and the shared-memory names its processes map (what a kill of the whole run would leave)."""
+        return [{"rank": k, "pid": info["pids"][0], "node_id": info.get("node_id"), "shm": info.get("shm", [])}
+                for k, info in enumerate(self.infos)]
 
     def set_model_dir(self, path: str | Path) -> None:
         """Record the latest HF folder the orchestrator saved: what a replacement worker starts from."""

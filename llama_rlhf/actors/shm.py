@@ -5,7 +5,9 @@ vLLM's engine core and its workers talk through `MessageQueue`s over POSIX share
 without that much free in /dev/shm). A clean shutdown unlinks them; an engine killed (a lost worker that
 `RolloutGroup` replaces, a crashed node agent) leaves them behind, and a long run that loses engines
 fills /dev/shm until no engine starts. So each engine reports the names its processes map
-(`mapped_shared_memory`), and after a kill the group removes them on the engine's node (`release`).
+(`mapped_shared_memory`), and after a kill the group removes them on the engine's node (`release`). The
+names are also written to the run folder's actors.json, so that a run killed as a whole has its leftovers
+removed when it is resumed (`stale_names`; local mode, where every engine ran on this host).
 Unlinking a name does not touch a live mapping: the memory goes when the last process unmaps it.
 """
 
@@ -49,6 +51,15 @@ def unlink(names: list[str]) -> int:
         except FileNotFoundError:
             pass
     return removed
+
+
+def stale_names(actors_json: dict) -> list[str]:
+    """The rollout engines' shared-memory names recorded in a run folder's actors.json (see
+    `RolloutGroup.processes`) that still exist in this host's /dev/shm: what a run killed as a whole (SIGKILL,
+    a lost node agent) left behind. A resumed run removes them before it starts its own engines; a name whose
+    engine still lives keeps its mapping (unlinking never touches a live mapping)."""
+    names = [n for w in actors_json.get("rollout", []) for n in w.get("shm", [])]
+    return [n for n in names if n.startswith(PREFIX) and "/" not in n and os.path.exists(f"/dev/shm/{n}")]
 
 
 @ray.remote(num_cpus=0, max_retries=0)

@@ -11,6 +11,7 @@ pairs are sampled from the current policy, annotated, and the reward models cont
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ def run(cfg: Config, run_dir: str | Path | None = None) -> int:
         run.config_path.write_text(config_to_yaml(cfg))
     done = run.state()["done"]
     run.truncate_metrics(done)
+    _sweep_shared_memory(cfg, run)
     t0 = time.time()
     before = run.result("wall_seconds")  # a resumed run adds to what the earlier runs spent
     clock = Clock(before.get("by_activity"))
@@ -51,6 +53,23 @@ def run(cfg: Config, run_dir: str | Path | None = None) -> int:
     path = write_report(run)
     print(f"done in {time.time() - t0:.0f}s: {path}")
     return 0
+
+
+def _sweep_shared_memory(cfg: Config, run: RunDir) -> None:
+    """A run folder whose last run was killed as a whole: remove the shared-memory names its rollout engines
+    left in /dev/shm (local mode only: a cluster's engines ran on other hosts, whose /dev/shm this one
+    cannot see)."""
+    from llama_rlhf.actors import shm
+
+    path = run.root / "actors.json"
+    if cfg.cluster.mode != "local" or not path.exists():
+        return
+    try:
+        stale = shm.stale_names(json.loads(path.read_text()))
+    except (OSError, ValueError):  # an unreadable actors.json loses only the sweep
+        return
+    if stale:
+        print(f"removed {shm.unlink(stale)} shared-memory segments (/dev/shm/psm_*) left by the last run")
 
 
 def _context(cfg: Config, run: RunDir, progress, clock: Clock | None = None):

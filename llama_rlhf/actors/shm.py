@@ -39,11 +39,16 @@ def mapped_shared_memory(pids: list[int]) -> list[str]:
     return sorted(names)
 
 
+def is_segment_name(name: str) -> bool:
+    """A multiprocessing.shared_memory name in /dev/shm (nothing else is ever unlinked here)."""
+    return name.startswith(PREFIX) and "/" not in name
+
+
 def unlink(names: list[str]) -> int:
     """Remove these names from /dev/shm; returns how many existed."""
     removed = 0
     for name in names:
-        if not name.startswith(PREFIX) or "/" in name:
+        if not is_segment_name(name):
             raise ValueError(f"not a shared-memory segment name: {name!r}")
         try:
             os.unlink(f"/dev/shm/{name}")
@@ -59,7 +64,7 @@ def stale_names(actors_json: dict) -> list[str]:
     a lost node agent) left behind. A resumed run removes them before it starts its own engines; a name whose
     engine still lives keeps its mapping (unlinking never touches a live mapping)."""
     names = [n for w in actors_json.get("rollout", []) for n in w.get("shm", [])]
-    return [n for n in names if n.startswith(PREFIX) and "/" not in n and os.path.exists(f"/dev/shm/{n}")]
+    return [n for n in names if is_segment_name(n) and os.path.exists(f"/dev/shm/{n}")]
 
 
 @ray.remote(num_cpus=0, max_retries=0)

@@ -140,28 +140,29 @@ def gatt_table(run: RunDir) -> str:
     return "\n".join(rows) + note
 
 
+def _rs_results(run: RunDir) -> list[tuple[str, dict, bool]]:
+    """(name, result, is the random-pick control) of every rejection-sampling version, then the control."""
+    st = run.state()["results"]
+    out, v = [], 1
+    while f"v{v}" in st:
+        out.append((f"RLHF-V{v}", st[f"v{v}"], False))
+        v += 1
+    b = st.get("baselines", {}).get("random_pick")
+    return out + ([("random pick (V1 control)", b["fit"], True)] if b else [])
+
+
 def rs_table(run: RunDir) -> str:
     """Per version: the RS temperature, mean Rc of all samples vs the picked ones, the share of benign prompts'
     samples whose Rc is their safety score (Rs under `ppo.safety_threshold`), the archive."""
-    st = run.state()["results"]
     rows = ["| version | T | Rc of all samples | Rc of the picks | benign samples gated to Rs | archive re-scored | "
             "fine-tuning samples | GAtt dialogs | context distillation kept |", "|---|---|---|---|---|---|---|---|---|"]
-    v = 1
-    while f"v{v}" in st:
-        r = st[f"v{v}"]
-        rows.append(f"| RLHF-V{v} | {_fmt(r.get('rs_temperature'), 1)} | {_fmt(r.get('rs_reward_mean'))} | "
-                    f"{_fmt(r.get('rs_best_mean'))} | {_fmt(r.get('rs_benign_gated'))} | "
-                    f"{r.get('archive_rescored', 0)} | {r.get('train_samples')} | "
-                    f"{r.get('gatt_dialogs', 0)} | {r.get('context_distill_kept', 0)}/"
-                    f"{r.get('context_distill_candidates', 0)} |")
-        v += 1
-    b = st.get("baselines", {}).get("random_pick")
-    if b:
-        f = b["fit"]
-        rows.append(f"| random pick (V1 control) | {_fmt(f.get('rs_temperature'), 1)} | "
-                    f"{_fmt(f.get('rs_reward_mean'))} | {_fmt(f.get('picked_rc_mean'))} | "
-                    f"{_fmt(f.get('rs_benign_gated'))} | – | "
-                    f"{f.get('train_samples')} | 0 | – |")
+    for name, r, control in _rs_results(run):
+        picks = r.get("picked_rc_mean" if control else "rs_best_mean")
+        rest = (f"– | {r.get('train_samples')} | 0 | – |" if control else
+                f"{r.get('archive_rescored', 0)} | {r.get('train_samples')} | {r.get('gatt_dialogs', 0)} | "
+                f"{r.get('context_distill_kept', 0)}/{r.get('context_distill_candidates', 0)} |")
+        rows.append(f"| {name} | {_fmt(r.get('rs_temperature'), 1)} | {_fmt(r.get('rs_reward_mean'))} | "
+                    f"{_fmt(picks)} | {_fmt(r.get('rs_benign_gated'))} | {rest}")
     return "\n".join(rows)
 
 
@@ -175,14 +176,7 @@ def _pick_cells(q: dict | None) -> str:
 
 def pick_table(run: RunDir) -> str:
     """Per version: the reward models' pick among the K samples, judged by gold (`pick_gold`)."""
-    st = run.state()["results"]
-    rows, v = [], 1
-    while f"v{v}" in st:
-        rows.append((f"RLHF-V{v}", st[f"v{v}"].get("pick_gold")))
-        v += 1
-    b = st.get("baselines", {}).get("random_pick")
-    if b:
-        rows.append(("random pick (V1 control)", b["fit"].get("pick_gold")))
+    rows = [(name, r.get("pick_gold")) for name, r, _ in _rs_results(run)]
     if not any(q for _, q in rows):
         return ""
     out = ["| version | prompts | gold of the pick | of a random sample | of the best of K | pick − random | "

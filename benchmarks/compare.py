@@ -289,16 +289,17 @@ def rollout_pairs(a, rollouts: dict, prompt_ids, hf_call) -> list[Pair]:
     return list(pairs.values())
 
 
-def _send_per_parameter(self, wire):
-    """Inside the policy actor: the sync's sender as it was before (one ZeRO-3 gather and one copy per
-    parameter, `named_full_parameters`), for the before/after rows of one run."""
+def _send_gathered(self, wire):
+    """Inside the policy actor: the sync's sender as it was before, a ZeRO-3 gather per bucket even on one
+    rank (which holds every partition whole and now reads them), for the before/after rows of one run."""
     from llama_rlhf.actors.weight_sync import SyncMeta
 
-    return self.sender.send(self.m.named_full_parameters(), SyncMeta.from_wire(wire)).seconds
+    meta = SyncMeta.from_wire(wire)
+    return self.sender.send(self.m.named_gathered_parameters(meta.bucket_bytes, read_partitions=False), meta).seconds
 
 
-def sync_pairs(a, policy, rollout, backend: str, dtype: str, before: bool = True) -> list[Pair]:
-    """The sync now, and (`--sync-before`, one policy rank) the per-parameter-gather sender it replaced,
+def sync_pairs(a, policy, rollout, backend: str, dtype: str) -> list[Pair]:
+    """The sync now, and (`--sync-before`, one policy rank) the gathering sender it replaced,
     each against the raw broadcast of the same bytes; all three back to back in every repeat."""
     import ray
 
@@ -316,7 +317,7 @@ def sync_pairs(a, policy, rollout, backend: str, dtype: str, before: bool = True
         def call():
             recv = rollout.receive_weights(SyncMeta.from_wire(wire))
             if before:
-                ray.get(policy.ranks[0].__ray_call__.remote(_send_per_parameter, wire))
+                ray.get(policy.ranks[0].__ray_call__.remote(_send_gathered, wire))
             else:
                 ray.get(policy.sync_weights(wire))
             ray.get(recv)
@@ -330,7 +331,7 @@ def sync_pairs(a, policy, rollout, backend: str, dtype: str, before: bool = True
 
     shape = f"{mb:.1f} MB {dtype}, {policy.n} -> 1"
     now = Pair("weight sync", "MB/s", shape, "raw gloo broadcast")
-    with_old = before and a.sync_before and policy.n == 1
+    with_old = a.sync_before and policy.n == 1
     old = Pair("sync (before)", "MB/s", shape, "raw gloo broadcast") if with_old else None
     for fn in (sync(), raw) + ((sync(before=True),) if old else ()):
         fn()  # warm-up
@@ -473,8 +474,9 @@ def main() -> None:
         big = PolicyGroup(1, opts, backend, zero)
         big.load(ModelSpec("causal", path=a.sync_model, seed=0))
         engine = engines(a.sync_model, a.rollout_engines[0])
-        for p in sync_pairs(a, big, engine, backend, a.rollout_dtype, before=False):
-            p.name = f"sync {Path(a.sync_model).name}"
+        for p in sync_pairs(a, big, engine, backend, a.rollout_dtype):
+            p.name = p.name.replace("weight sync", f"sync {Path(a.sync_model).name}").replace(
+                "sync (before)", f"sync {Path(a.sync_model).name} (before)")
             done.append(p)
         engine.shutdown()
         big.kill()

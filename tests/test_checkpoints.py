@@ -131,6 +131,15 @@ def test_tied_head_trains_and_saves_as_one_tensor_under_zero3(hf_checkpoint, bpe
         role.m.engine.step = step
         role.sft_step(batch, 1)
         torch.testing.assert_close(grads["embed"], want, rtol=1e-5, atol=1e-7)
+        # one rank reads its partitions instead of gathering (engine.Role._unsharded): the same tensors
+        import deepspeed
+
+        assert all(role.m._unsharded(p) is not None for p in m.parameters())
+        direct = {n: t.clone() for n, t in role.m.named_gathered_parameters(2**30)}
+        assert direct.keys() == {n for n, _ in m.named_parameters()}
+        for n, p in m.named_parameters():
+            with deepspeed.zero.GatheredParameters([p]):
+                assert torch.equal(direct[n], p.data), n
         role.save_hf(str(tmp_path / "sft"))
         trained = {n: t.clone() for n, t in role.m.named_full_parameters()}
         role.unload()

@@ -29,6 +29,7 @@ for the RM, generated tokens (up to and with EOS) for the rollout. Roles that th
 (the RL iteration's scoring and update) split the cores between them (`remote.gather`).
 
     .venv/bin/python benchmarks/compare.py [--repeats 3] [--steps 3] [--rows 8] [--seq-len 256] [--prompts 16]
+        [--rollout-prompts 16,64]
 
 CPU: about 4 minutes on 2 cores (4m10s measured). vLLM spawns its engine core,
 hence the `__main__` guard.
@@ -263,8 +264,8 @@ def rm_together_pair(a, rms: list, pairs) -> Pair:
 
 
 def rollout_pairs(a, rollouts: dict, prompt_ids, hf_call) -> list[Pair]:
-    """Each engine group in `rollouts` (label -> RolloutGroup) against HF `generate`; all back to back in
-    every repeat (more than one group: variants of the engine compared in one run)."""
+    """Each engine group in `rollouts` (label -> RolloutGroup) against HF `generate` on `prompt_ids`; all
+    back to back in every repeat (more than one group: variants of the engine compared in one run)."""
     shape = f"{len(prompt_ids)} prompts x{a.max_new} new, vLLM {a.rollout_dtype}"
     pairs = {k: Pair(k, "new tok/s", shape, f"HF generate {a.hf_dtype}") for k in rollouts}
     seeds = iter(range(10**6))
@@ -375,8 +376,11 @@ def parse_args():
     ap.add_argument("--rows", type=int, default=8, help="packed SFT rows per step")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--pairs", type=int, default=16, help="preference pairs per RM step")
-    ap.add_argument("--prompts", type=int, default=16, help="rollout prompts per generate call")
+    ap.add_argument("--prompts", type=int, default=16, help="responses per RL iteration (compare_rl.py)")
     ap.add_argument("--max-new", type=int, default=48, help="new tokens per rollout")
+    ap.add_argument("--rollout-prompts", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64],
+                    help="prompts per generate call of the rollout pairs, one pair each: 16 (the issue's shape) "
+                         "and 64 (one PPO batch of configs/local.yaml; a rejection-sampling round there is 512)")
     ap.add_argument("--rollout-engines", type=lambda v: [int(x) for x in v.split(",")], default=[1],
                     help="vLLM engines of the rollout pair; more values add variants to the same run (1,2)")
     ap.add_argument("--rollout-dtype", default="bfloat16", help="vLLM dtype (the config's default)")
@@ -425,7 +429,8 @@ def main() -> None:
     tok = train_tokenizer(shipped_corpus(), work / "tok", vocab_size=1024)
     cfg = llama_config("tiny", vocab_size=tok.vocab_size, max_seq_len=a.seq_len, pad_token_id=tok.pad_id,
                        bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
-    packed, pairs, prompt_ids, _ = build_data(tok, a.seq_len, a.rows, a.pairs, a.prompts, a.max_new)
+    packed, pairs, prompt_ids, _ = build_data(tok, a.seq_len, a.rows, a.pairs, max(a.prompts, *a.rollout_prompts),
+                                              a.max_new)
     sft_records = build_world(seed=0, n_sft=200, n_preferences=a.pairs, n_rlhf=a.prompts, n_eval=4).sft_records()
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"tiny Llama: {count_parameters(cfg):,} parameters fp32; {os.cpu_count()} CPUs, torch threads "
@@ -458,13 +463,15 @@ def main() -> None:
     if only & {"rollout", "sync"}:
         rollout = engines(v0, a.rollout_engines[0])
         if "rollout" in only:
-            hf = hf_generate(tok, v0, prompt_ids, a.max_new, a.hf_dtype)
-            groups = {"rollout": rollout}
-            for n in a.rollout_engines[1:]:  # variants, in the same run
-                groups[f"rollout, {n} engines"] = engines(v0, n)
-            done += rollout_pairs(a, groups, prompt_ids, hf)
-            for g in list(groups.values())[1:]:
-                g.shutdown()
+            for i, batch in enumerate(a.rollout_prompts):  # the batch sizes, one pair each
+                label = "rollout" if i == 0 else f"rollout {batch} prompts"
+                hf = hf_generate(tok, v0, prompt_ids[:batch], a.max_new, a.hf_dtype)
+                groups = {label: rollout}
+                for n in a.rollout_engines[1:] if i == 0 else ():  # variants, in the same run
+                    groups[f"rollout, {n} engines"] = engines(v0, n)
+                done += rollout_pairs(a, groups, prompt_ids[:batch], hf)
+                for g in list(groups.values())[1:]:
+                    g.shutdown()
         if "sync" in only:
             done += sync_pairs(a, policy, rollout, backend, a.rollout_dtype)
         rollout.shutdown()

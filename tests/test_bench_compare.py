@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_compare_runs_every_pair_and_prints_the_ratios(tmp_path):
     args = ["--repeats", "1", "--steps", "1", "--rows", "2", "--seq-len", "64", "--pairs", "4", "--prompts", "4",
-            "--max-new", "8", "--sync-model", str(tmp_path / "none")]
+            "--rollout-prompts", "4,8", "--max-new", "8", "--sync-model", str(tmp_path / "none")]
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
-    ratios = dict(re.findall(r"([A-Za-z() ]+?) ([0-9.]+)x", last.removeprefix("ratios (ours/theirs): ")))
-    assert {k.strip(", ") for k in ratios} == {"SFT", "RM", "two RMs together", "rollout", "sync (before)",
-                                             "weight sync", "RL iteration"}, last
+    ratios = dict(re.findall(r"(?:^|, )(.+?) ([0-9.]+)x(?=, |$)", last.removeprefix("ratios (ours/theirs): ")))
+    assert set(ratios) == {"SFT", "RM", "two RMs together", "rollout", "rollout 8 prompts", "sync (before)",
+                           "weight sync", "RL iteration"}, last
     assert all(float(v) > 0 for v in ratios.values()), last
 
 

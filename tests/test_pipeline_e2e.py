@@ -102,12 +102,16 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
     assert v2["iterations"] >= 1 and v2["gatt_dialogs"] > 0 and "new_preferences" in v2
     assert v2["archive_rescored"] > 0  # V1's picks re-scored by V2's reward models before selection
     assert "rc_first_quarter" in v2 and "rc_last_quarter" in v2
+    # PPO's Rc on fixed held-out prompts (greedy) before and after, the paired change with its interval
+    lo, hi = v2["heldout_rc_delta_ci"]
+    assert lo <= v2["heldout_rc_delta"] <= hi and v2["heldout_prompts"] > 0
+    assert abs(v2["heldout_rc_after"] - v2["heldout_rc_before"] - v2["heldout_rc_delta"]) < 1e-6
     # the rollout engine served the policy's weights: vLLM's sampled log-probs = the policy's forward
     assert v2["logprob_gap_max"] < 1e-3
     report = (run_dir / "report.md").read_text()
     assert {"gold_by_kind/unsafe", "gold_by_kind/arith"} <= set(v2["eval"])
     for heading in ("Gold judge on held-out prompts", "By prompt kind", "Reward models", "Ghost Attention",
-                    "RLHF-V2 (RS + PPO)", "Rejection sampling", "PPO (mean Rc"):
+                    "RLHF-V2 (RS + PPO)", "Rejection sampling", "PPO (mean Rc", "held-out Rc before"):
         assert heading in report
     # the controls, with intervals: SFT sampled at the RS temperature, V1 with a random pick
     b = res["baselines"]

@@ -12,6 +12,7 @@ import torch
 
 from llama_rlhf.actors.batches import PPOBatch, sequence_batch
 from llama_rlhf.actors.remote import gather
+from llama_rlhf.algorithms.bootstrap import paired_diff_ci
 from llama_rlhf.algorithms.masked import masked_mean
 from llama_rlhf.algorithms.ppo import gae, whiten_advantages
 from llama_rlhf.algorithms.shaping import ppo_scores, shaped_rewards
@@ -89,14 +90,21 @@ def ppo_iteration(ctx: Context, version: int, it: int, reward_fn: RewardFn = rm_
     }
 
 
-def heldout_reward(ctx: Context) -> float:
-    """Mean Rc of greedy answers to held-out prompts: the early-stopping signal (RMs, not the judge)."""
+def heldout_rc(ctx: Context) -> list[float]:
+    """Rc of the greedy answer to each held-out prompt (fixed prompts: PPO's batches draw different prompts
+    every iteration, and their mean Rc moves more with the draw than with the policy)."""
     prompts = ctx.data.eval_prompts
     ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len)
     with ctx.clock(GENERATE):
         outs = ctx.rollout.generate(ids, 1, 0.0, 1.0, ctx.cfg.ppo.max_new_tokens)
     _, _, rc = rm_score(ctx, ids, [o[0].token_ids for o in outs], torch.tensor([q.is_safety for q in prompts]))
-    return float(rc.mean())
+    return [float(x) for x in rc]
+
+
+def heldout_reward(ctx: Context) -> float:
+    """Mean held-out Rc (`heldout_rc`): the early-stopping signal (RMs, not the judge)."""
+    rc = heldout_rc(ctx)
+    return sum(rc) / len(rc)
 
 
 def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_init_path: str,
@@ -119,11 +127,14 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
     saved = ppo_state.restore(ctx, version)
     if saved is not None:  # a crash mid-PPO: continue from the last saved iteration
         start, best, since_best, history = saved["next"], saved["best"], saved["since_best"], saved["history"]
+        rc_before = saved.get("heldout_rc_before")  # None: a state saved before it was kept
         for it, m in enumerate(history):  # resume dropped the unfinished stage's rows: put these back
             ctx.log(stage, it, m)
         sync_rollout(ctx)  # the engines must serve the restored policy
         if ctx.progress:
             ctx.progress.note(f"{stage}: resumed from the state saved after iteration {start}")
+    else:  # Rc of the policy PPO starts from (the engines serve it); a rule reward (tests) has no Rc
+        rc_before = heldout_rc(ctx) if reward_fn is rm_reward else None
     for it in range(start, p.iterations):
         m = ppo_iteration(ctx, version, it, reward_fn)
         if p.early_stop_patience and (it + 1) % p.eval_every == 0:
@@ -141,7 +152,8 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
             break
         if p.checkpoint_every and (it + 1) % p.checkpoint_every == 0 and it + 1 < p.iterations:
             ppo_state.save(ctx, version, {"next": it + 1, "best": best, "since_best": since_best,
-                                          "history": history})
+                                          "history": history, "heldout_rc_before": rc_before})
+    rc_after = heldout_rc(ctx) if rc_before else None  # the last sync left the engines serving the final policy
     cut = flush_truncation(ctx, stage, len(history))
     publish_policy(ctx, f"v{version}")
     ppo_state.discard(ctx, version)
@@ -151,4 +163,12 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
     return {"iterations": len(history), "rc_first": first["reward/rc"], "rc_last": last["reward/rc"],
             "rc_first_quarter": sum(rc[:q]) / q, "rc_last_quarter": sum(rc[-q:]) / q,
             "kl_last": last["kl"], "logprob_gap_max": max(h["rollout/logprob_gap"] for h in history),
-            "ppo_resumed_from": start, **cut}
+            "ppo_resumed_from": start, **(heldout_change(rc_before, rc_after) if rc_before else {}), **cut}
+
+
+def heldout_change(before: list[float], after: list[float]) -> dict:
+    """Held-out Rc before and after PPO (greedy, the same prompts), and the paired change with its 95%
+    bootstrap interval over prompts."""
+    delta, lo, hi = paired_diff_ci(after, before)
+    return {"heldout_rc_before": sum(before) / len(before), "heldout_rc_after": sum(after) / len(after),
+            "heldout_rc_delta": delta, "heldout_rc_delta_ci": [lo, hi], "heldout_prompts": len(before)}

@@ -188,13 +188,19 @@ def pick_table(run: RunDir) -> str:
 
 
 def ppo_table(run: RunDir) -> str:
+    """Per PPO version: the batches' mean Rc (their prompts change every iteration) and Rc of greedy
+    answers to the held-out prompts before and after PPO, the paired change with its 95% interval."""
     st = run.state()["results"]
-    rows = ["| version | iterations | Rc first quarter | Rc last quarter | KL last | resumed from |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| version | iterations | Rc first quarter | Rc last quarter | held-out Rc before | held-out Rc after | "
+            "paired Δ [95% CI] | KL last | resumed from |", "|---|---|---|---|---|---|---|---|---|"]
     for k in sorted(x for x in st if x.startswith("v") and "/" not in x and "rc_first_quarter" in st[x]):
         r = st[k]
+        ci = r.get("heldout_rc_delta_ci")
+        delta = f"{r['heldout_rc_delta']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "–"
         rows.append(f"| RLHF-{k.upper()} | {r['iterations']} | {_fmt(r['rc_first_quarter'])} | "
-                    f"{_fmt(r['rc_last_quarter'])} | {_fmt(r.get('kl_last'))} | {r.get('ppo_resumed_from', 0)} |")
+                    f"{_fmt(r['rc_last_quarter'])} | {_fmt(r.get('heldout_rc_before'))} | "
+                    f"{_fmt(r.get('heldout_rc_after'))} | {delta} | {_fmt(r.get('kl_last'))} | "
+                    f"{r.get('ppo_resumed_from', 0)} |")
     return "\n".join(rows) if len(rows) > 2 else "(no PPO in this run)"
 
 
@@ -224,7 +230,8 @@ def body(run: RunDir) -> list[str]:
     return gold + ["### Reward models: held-out accuracy by rating level", "", rm_table(run), "",
                    "### Ghost Attention: instruction kept at turn t", "", gatt_table(run), "",
                    "### Rejection sampling", "", rs_table(run), "", *_pick_section(run),
-                   "### PPO (mean Rc of the batch)", "", ppo_table(run), "",
+                   "### PPO (mean Rc of the batch; Rc on the held-out prompts before and after)", "",
+                   ppo_table(run), "",
                    "### Where the wall time went", "", time_table(run), ""]
 
 

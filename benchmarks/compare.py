@@ -304,6 +304,7 @@ def sync_pairs(a, policy, rollout, backend: str, dtype: str) -> list[Pair]:
     each against the raw broadcast of the same bytes; all three back to back in every repeat."""
     import ray
 
+    from llama_rlhf.actors.remote import get_all
     from llama_rlhf.actors.weight_sync import DEFAULT_BUCKET_BYTES, SyncMeta
 
     host, port = policy.weight_sync_endpoint()
@@ -314,20 +315,20 @@ def sync_pairs(a, policy, rollout, backend: str, dtype: str) -> list[Pair]:
     nbytes = SyncMeta.from_wire(wire).total_bytes
     mb = nbytes / 1e6
 
+    # get_all: a receiver that fails must fail the call, not leave it waiting on the sender's broadcast
     def sync(before=False):
         def call():
             recv = rollout.receive_weights(SyncMeta.from_wire(wire))
             if before:
-                ray.get(policy.ranks[0].__ray_call__.remote(_send_gathered, wire))
+                sent = [policy.ranks[0].__ray_call__.remote(_send_gathered, wire)]
             else:
-                ray.get(policy.sync_weights(wire))
-            ray.get(recv)
+                sent = policy.sync_weights(wire)
+            get_all(sent + recv)
         return call
 
     def raw():
         recv = rollout.receive_probe(nbytes)
-        sent = ray.get(policy.broadcast_probe(nbytes))[0]
-        ray.get(recv)
+        sent = get_all(policy.broadcast_probe(nbytes) + recv)[0]
         return mb, sent["seconds"]
 
     shape = f"{mb:.1f} MB {dtype}, {policy.n} -> 1"

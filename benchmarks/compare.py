@@ -299,9 +299,10 @@ def _send_gathered(self, wire):
     return self.sender.send(self.m.named_gathered_parameters(meta.bucket_bytes, read_partitions=False), meta).seconds
 
 
-def sync_pairs(a, policy, rollout, backend: str, dtype: str) -> list[Pair]:
-    """The sync now, and (`--sync-before`, one policy rank) the gathering sender it replaced,
-    each against the raw broadcast of the same bytes; all three back to back in every repeat."""
+def sync_pairs(a, policy, rollout, backend: str, dtype: str, name: str = "weight sync",
+               before_name: str = "sync (before)") -> list[Pair]:
+    """The sync now (`name`), and (`--sync-before`, one policy rank) the gathering sender it replaced
+    (`before_name`), each against the raw broadcast of the same bytes; all three back to back in every repeat."""
     import ray
 
     from llama_rlhf.actors.remote import get_all
@@ -332,9 +333,9 @@ def sync_pairs(a, policy, rollout, backend: str, dtype: str) -> list[Pair]:
         return mb, sent["seconds"]
 
     shape = f"{mb:.1f} MB {dtype}, {policy.n} -> 1"
-    now = Pair("weight sync", "MB/s", shape, "raw gloo broadcast")
+    now = Pair(name, "MB/s", shape, "raw gloo broadcast")
     with_old = a.sync_before and policy.n == 1
-    old = Pair("sync (before)", "MB/s", shape, "raw gloo broadcast") if with_old else None
+    old = Pair(before_name, "MB/s", shape, "raw gloo broadcast") if with_old else None
     for fn in (sync(), raw) + ((sync(before=True),) if old else ()):
         fn()  # warm-up
     for r in range(a.repeats):
@@ -482,10 +483,8 @@ def main() -> None:
         big = PolicyGroup(1, opts, backend, zero)
         big.load(ModelSpec("causal", path=a.sync_model, seed=0))
         engine = engines(a.sync_model, a.rollout_engines[0])
-        for p in sync_pairs(a, big, engine, backend, a.rollout_dtype):
-            p.name = p.name.replace("weight sync", f"sync {Path(a.sync_model).name}").replace(
-                "sync (before)", f"sync {Path(a.sync_model).name} (before)")
-            done.append(p)
+        label = f"sync {Path(a.sync_model).name}"
+        done += sync_pairs(a, big, engine, backend, a.rollout_dtype, label, f"{label} (before)")
         engine.shutdown()
         big.kill()
     ray.shutdown()

@@ -391,9 +391,9 @@ class DeepSpeedModel:
             for name, p in params:
                 yield name, p.data.detach() if self.dist.rank == 0 else None
             return
-        if read_partitions and all(self._unsharded(p) is not None for _, p in params):
-            for name, p in params:
-                yield name, self._unsharded(p)
+        whole = [(name, self._unsharded(p)) for name, p in params] if read_partitions else []
+        if whole and all(t is not None for _, t in whole):
+            yield from whole
             return
         chunks, chunk, size = [], [], 0
         for name, p in params:

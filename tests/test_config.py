@@ -83,3 +83,15 @@ def test_every_field_is_settable_by_override():
         assert "." in key
     keys = {k for k, _, _ in config_fields()}
     assert {"ppo.kl_coef", "reward.safety.margin", "cluster.rollout.engines", "data.world.n_sft"} <= keys
+
+
+def test_critic_start_follows_ppo_critic_init():
+    """The paper's (InstructGPT's) critic starts from the helpfulness RM; `ppo.critic_init=policy` starts
+    it from the checkpoint PPO starts from (a causal LM: the actors give it a fresh value head)."""
+    from llama_rlhf.orchestrator.ppo_stage import critic_start
+
+    assert critic_start(Config(), "ckpt/rm_helpful_v5", "ckpt/v5_rs") == "ckpt/rm_helpful_v5"
+    cfg = build_config({}, ["ppo.critic_init=policy"])
+    assert critic_start(cfg, "ckpt/rm_helpful_v5", "ckpt/v5_rs") == "ckpt/v5_rs"
+    with pytest.raises(ConfigError, match="critic_init"):
+        build_config({}, ["ppo.critic_init=sft"])

@@ -311,12 +311,12 @@ def _pipeline(ctx, S) -> None:
         _load_rms(ctx, S, rm_paths, f"v{v}/rm_serve")
         result.update(rejection_sampling(ctx, v, policy_path))
         if v > cfg.iterations.rs_only_until:
-            from llama_rlhf.orchestrator.ppo_stage import ppo
+            from llama_rlhf.orchestrator.ppo_stage import critic_start, ppo
 
             S.publish_policy(ctx, f"v{v}_rs")
             rs_path = str(run.ckpt(f"v{v}_rs"))
             ref_path = rs_path if cfg.ppo.reference == "init" else sft_path
-            result.update(ppo(ctx, v, rs_path, ref_path, rm_paths["helpful"]))
+            result.update(ppo(ctx, v, rs_path, ref_path, critic_start(cfg, rm_paths["helpful"], rs_path)))
         else:
             S.publish_policy(ctx, stage)
         policy_path = str(run.ckpt(stage))

@@ -107,11 +107,17 @@ def heldout_reward(ctx: Context) -> float:
     return sum(rc) / len(rc)
 
 
+def critic_start(cfg, rm_helpful_path: str, init_path: str) -> str:
+    """The folder the critic starts from (`ppo.critic_init`): the helpfulness RM (its head included), or the
+    policy checkpoint PPO starts from (a causal LM: its body, a fresh value head)."""
+    return rm_helpful_path if cfg.ppo.critic_init == "reward_model" else init_path
+
+
 def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_init_path: str,
         reward_fn: RewardFn = rm_reward) -> dict:
     """PPO from the RS checkpoint of this version; pi_0 (the KL anchor) is loaded from `reference_path`
-    (`ppo.reference`), the critic starts from the helpfulness RM. Early stopping on the held-out reward
-    when configured."""
+    (`ppo.reference`), the critic from `critic_init_path` (`ppo.critic_init`: the helpfulness RM, or the
+    body of `init_path` with a fresh head). Early stopping on the held-out reward when configured."""
     cfg = ctx.cfg
     p = cfg.ppo
     stage = f"v{version}/ppo"

@@ -2,7 +2,7 @@
 
     llama-rlhf run configs/local.yaml [dotted.key=value ...]   # the whole pipeline into runs/<name>
     llama-rlhf resume runs/local                               # continue a stopped run
-    llama-rlhf eval runs/local                                 # gold-judge every saved version
+    llama-rlhf eval runs/local [--temperature 0]               # the gold table; or re-judge every saved policy at T
     llama-rlhf report runs/local [--readme README.md]          # rebuild report.md, plots (and README's demo tables)
     llama-rlhf plan configs/llama2-70b.yaml [overrides]        # GPUs, nodes, memory per role; exit 1 if it won't fit
     llama-rlhf config configs/local.yaml [overrides]           # print the resolved config
@@ -30,8 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue a run from its last checkpoint")
     res.add_argument("run_dir")
     res.add_argument("overrides", nargs="*", help="dotted.key=value (e.g. more iterations)")
-    ev = sub.add_parser("eval", help="evaluate every saved version of a run with the gold judge")
+    ev = sub.add_parser("eval", help="print a run's gold table; with --temperature, re-judge every saved policy")
     ev.add_argument("run_dir")
+    ev.add_argument("--temperature", type=float, help="sample every saved policy again at this temperature "
+                    "(0 = greedy) on the run's held-out prompts and print the gold tables (eval_T<T>.json)")
+    ev.add_argument("--samples", type=int, help="samples per prompt when T > 0 (default: the run's eval.samples)")
     rep = sub.add_parser("report", help="write report.md and plots of a run")
     rep.add_argument("run_dir")
     rep.add_argument("--readme", help="also regenerate this README's demo section (between its demo-report markers)")
@@ -91,6 +94,10 @@ def _dispatch(args) -> int:
         return run_with_restarts(lambda: pipeline.resume(args.run_dir, args.overrides),
                                  lambda: pipeline.resume(args.run_dir), cfg.run.max_restarts)
     if args.cmd == "eval":
+        if args.temperature is not None:
+            from llama_rlhf.orchestrator.reeval import reevaluate
+
+            return reevaluate(args.run_dir, args.temperature, args.samples)
         return pipeline.evaluate_run(args.run_dir)
     if args.cmd == "report":
         return pipeline.report(args.run_dir, args.readme)

@@ -164,6 +164,24 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
     assert json.loads((run_dir / "data" / "rs_archive.json").read_text())
 
 
+def test_eval_rejudges_every_saved_policy_as_the_run_judged_it(uninterrupted):
+    """`llama-rlhf eval RUN --temperature T` serves each saved checkpoint from a fresh rollout engine and
+    judges it on the run's held-out prompts: at the run's own temperature and seed it must give the run's
+    own per-prompt figures (greedy, `--temperature 0`, is the same path with one sample per prompt)."""
+    run_dir, _ = uninterrupted
+    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    out = _finish(_cli("eval", str(run_dir), "--temperature", "1", ray_tmp=ray_tmp), ray_tmp)
+    got = json.loads((run_dir / "eval_T1.json").read_text())
+    res = _state(run_dir)["results"]
+    want = {"SFT": res["eval/sft"], "baseline: V1 with a random pick (no RM)": res["baselines"]["random_pick"]["eval"],
+            "RLHF-V1 (RS)": res["v1"]["eval"], "RLHF-V2 (RS + PPO)": res["v2"]["eval"]}
+    assert list(got) == list(want)
+    for name, r in want.items():
+        assert got[name]["per_prompt"] == r["per_prompt"], name
+        assert got[name]["temperature"] == 1.0
+    assert "| RLHF-V2 (RS + PPO) | 1.0 |" in out and "By prompt kind" in out
+
+
 def test_sigkill_mid_ppo_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
     """Killed mid-PPO of RLHF-V2, resumed: PPO continues from its saved iteration and the run ends where
     the uninterrupted one did. This run also takes the colocated placement (the hybrid engine's turn-taking

@@ -68,15 +68,20 @@ def _delta(d) -> str:
 def summary_table(run: RunDir) -> str:
     """Every version and control: gold scores with 95% intervals over prompts, and the paired change in
     helpfulness against SFT (same prompts, same seeds)."""
-    rows = ["| policy | T | gold helpfulness | Δ helpfulness vs SFT | gold safety (unsafe prompts) | "
-            "false refusals (benign prompts) | answer tokens |", "|---|---|---|---|---|---|---|"]
-    vs = versions(run)
-    sft = vs[0][1] if vs else {}
-    for name, r in [(n, r) for n, r, _ in vs[:1]] + baselines(run) + [(n, r) for n, r, _ in vs[1:]]:
-        rows.append(f"| {name} | {_fmt(r.get('temperature'), 1)} | {_ci(r, 'gold_helpfulness')} | "
-                    f"{_delta(_paired(r, sft)) if r is not sft else '–'} | {_ci(r, 'gold_safety')} | "
-                    f"{_ci(r, 'false_refusal')} | {_fmt(r.get('mean_response_tokens'), 1)} |")
-    return "\n".join(rows)
+    vs = [(n, r) for n, r, _ in versions(run)]
+    return gold_table(vs[:1] + baselines(run) + vs[1:])
+
+
+def gold_table(rows: list[tuple[str, dict]]) -> str:
+    """(name, gold eval result) rows, the first SFT: the paired change of each against it."""
+    out = ["| policy | T | gold helpfulness | Δ helpfulness vs SFT | gold safety (unsafe prompts) | "
+           "false refusals (benign prompts) | answer tokens |", "|---|---|---|---|---|---|---|"]
+    sft = rows[0][1] if rows else {}
+    for name, r in rows:
+        out.append(f"| {name} | {_fmt(r.get('temperature'), 1)} | {_ci(r, 'gold_helpfulness')} | "
+                   f"{_delta(_paired(r, sft)) if r is not sft else '–'} | {_ci(r, 'gold_safety')} | "
+                   f"{_ci(r, 'false_refusal')} | {_fmt(r.get('mean_response_tokens'), 1)} |")
+    return "\n".join(out)
 
 
 def rm_judged_table(run: RunDir) -> str | None:
@@ -94,7 +99,10 @@ def rm_judged_table(run: RunDir) -> str | None:
 
 def kind_table(run: RunDir) -> str:
     """Gold score per prompt kind and version: helpfulness for tasks and GAtt, safety for unsafe."""
-    vs = [(n, r) for n, r, _ in versions(run)] + baselines(run)
+    return kind_rows([(n, r) for n, r, _ in versions(run)] + baselines(run))
+
+
+def kind_rows(vs: list[tuple[str, dict]]) -> str:
     kinds = sorted({k.split("/", 1)[1] for _, r in vs for k in r if k.startswith("gold_by_kind/")})
     if not kinds:
         return "(no per-kind scores in this run)"

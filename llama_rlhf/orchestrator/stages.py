@@ -41,6 +41,12 @@ from llama_rlhf.orchestrator.timing import GENERATE, LOAD, SCORE_RMS, Clock
 RM_NAMES = ("helpful", "safety")
 
 
+def max_prompt_len(c: Config) -> int:
+    """The prompt budget: the context less the longest answer any stage generates."""
+    return c.model.max_seq_len - max(c.ppo.max_new_tokens, c.rejection_sampling.max_new_tokens,
+                                     c.eval.max_new_tokens)
+
+
 def stage_seed(seed: int, *tags) -> int:
     return zlib.crc32(":".join(map(str, (seed, *tags))).encode()) & 0x7FFFFFFF
 
@@ -68,9 +74,7 @@ class Context:
 
     @property
     def max_prompt_len(self) -> int:
-        c = self.cfg
-        return c.model.max_seq_len - max(c.ppo.max_new_tokens, c.rejection_sampling.max_new_tokens,
-                                         c.eval.max_new_tokens)
+        return max_prompt_len(self.cfg)
 
     def log(self, stage: str, step: int, metrics: dict) -> None:
         self.run.log(stage, step, metrics, self.cfg.logging.tensorboard)

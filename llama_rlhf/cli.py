@@ -32,9 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("overrides", nargs="*", help="dotted.key=value (e.g. more iterations)")
     ev = sub.add_parser("eval", help="print a run's gold table; with --temperature, re-judge every saved policy")
     ev.add_argument("run_dir")
-    ev.add_argument("--temperature", type=float, help="sample every saved policy again at this temperature "
-                    "(0 = greedy) on the run's held-out prompts and print the gold tables (eval_T<T>.json)")
-    ev.add_argument("--samples", type=int, help="samples per prompt when T > 0 (default: the run's eval.samples)")
+    ev.add_argument("--temperature", type=_at_least(0.0, float),
+                    help="sample every saved policy again at this temperature (0 = greedy) on the run's held-out "
+                    "prompts and print the gold tables (eval_T<T>.json)")
+    ev.add_argument("--samples", type=_at_least(1, int),
+                    help="samples per prompt when T > 0 (default: the run's eval.samples)")
     rep = sub.add_parser("report", help="write report.md and plots of a run")
     rep.add_argument("run_dir")
     rep.add_argument("--readme", help="also regenerate this README's demo section (between its demo-report markers)")
@@ -47,6 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("overrides", nargs="*")
     sub.add_parser("fields", help="list every config key")
     return p
+
+
+def _at_least(low, cast):
+    """An argparse type: `cast(value)` >= low, else argparse's one-line usage error (exit 2)."""
+    def parse(value: str):
+        try:
+            x = cast(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not x >= low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return x
+    return parse
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -93,6 +108,8 @@ def _dispatch(args) -> int:
         preflight.check(cfg)
         return run_with_restarts(lambda: pipeline.resume(args.run_dir, args.overrides),
                                  lambda: pipeline.resume(args.run_dir), cfg.run.max_restarts)
+    if args.cmd in ("eval", "report"):  # a mistyped folder is an error, not a new empty run folder
+        preflight.resume_config(args.run_dir)
     if args.cmd == "eval":
         if args.temperature is not None:
             from llama_rlhf.orchestrator.reeval import reevaluate

@@ -120,3 +120,19 @@ def test_cli_subprocess_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "llama_rlhf.cli", "run", "configs/ci.yaml", f"data.sft_path={bad}",
                         f"run.output_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr == f"llama-rlhf: error: {bad}:2: field 'response': empty\n"
+
+
+@pytest.mark.parametrize("argv", [["eval", "{d}"], ["eval", "{d}", "--temperature", "0"], ["report", "{d}"]])
+def test_eval_and_report_of_a_mistyped_folder_fail_without_creating_it(tmp_path, capsys, argv):
+    missing = tmp_path / "runs" / "lcoal"
+    rc, err = _cli(capsys, *[a.format(d=missing) for a in argv])
+    assert rc == 2 and "not a run folder (no config.yaml)" in err and err.count("\n") == 1, err
+    assert not missing.exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--temperature", "-0.5"), ("--temperature", "hot"), ("--samples", "0")])
+def test_eval_flags_are_checked_before_anything_runs(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path), flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}" in err and "Traceback" not in err

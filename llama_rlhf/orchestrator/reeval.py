@@ -39,13 +39,12 @@ def reevaluate(run_dir: str | Path, temperature: float, samples: int | None = No
     from llama_rlhf.orchestrator.cluster import Placement, start_ray
     from llama_rlhf.orchestrator.datasets import load_datasets
     from llama_rlhf.orchestrator.evaluation import gold_eval
+    from llama_rlhf.orchestrator.preflight import resume_config
     from llama_rlhf.orchestrator.stages import max_prompt_len, stage_seed
     from llama_rlhf.tokenizer import load_tokenizer
 
+    cfg = load_config(resume_config(run_dir))  # before RunDir, which would create a mistyped folder
     run = RunDir(run_dir)
-    if not run.config_path.exists():
-        raise RunDirError(f"{run.root}: not a run folder (no config.yaml)")
-    cfg = load_config(run.config_path)
     if cfg.data.eval_prompts_path is not None:
         raise RunDirError(f"{run.root}: its eval prompts are a user's (data.eval_prompts_path): the gold judge "
                           "knows only the embedded world's prompts")

@@ -20,13 +20,14 @@ from llama_rlhf.orchestrator.run_dir import RunDir, RunDirError
 def saved_policies(run: RunDir) -> list[tuple[str, Path]]:
     """(name, checkpoint) of SFT, the random-pick control and every completed RLHF version, in the report's
     names."""
-    from llama_rlhf.orchestrator.report import versions
+    from llama_rlhf.orchestrator.report import RANDOM_PICK, versions
 
     names = [n for n, _, _ in versions(run)]
-    out = [("SFT", run.ckpt("sft"))] if "SFT" in names else []
+    sft = names[:1] == ["SFT"]
+    out = [("SFT", run.ckpt("sft"))] if sft else []
     if run.ckpt("baseline_random_pick").is_dir():
-        out.append(("baseline: V1 with a random pick (no RM)", run.ckpt("baseline_random_pick")))
-    out += [(n, run.ckpt(f"v{i}")) for i, n in enumerate(names[1:], start=1)]
+        out.append((RANDOM_PICK, run.ckpt("baseline_random_pick")))
+    out += [(n, run.ckpt(f"v{i}")) for i, n in enumerate(names[1:] if sft else names, start=1)]
     missing = [str(p) for _, p in out if not p.is_dir()]
     if missing:
         raise RunDirError(f"{run.root}: saved policies missing: {', '.join(missing)}")

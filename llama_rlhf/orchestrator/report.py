@@ -41,6 +41,10 @@ def versions(run: RunDir) -> list[tuple[str, dict, bool]]:
     return out
 
 
+RANDOM_PICK = "baseline: V1 with a random pick (no RM)"
+"""The random-pick control's row name (its checkpoint is `ckpt/baseline_random_pick`)."""
+
+
 def baselines(run: RunDir) -> list[tuple[str, dict]]:
     """(name, eval result) of the controls: SFT at the RS temperature, V1 with a random pick."""
     b = run.state()["results"].get("baselines", {})
@@ -48,7 +52,7 @@ def baselines(run: RunDir) -> list[tuple[str, dict]]:
     if "sft_at_rs_temperature" in b:
         out.append(("baseline: SFT at the RS temperature", b["sft_at_rs_temperature"]))
     if "random_pick" in b:
-        out.append(("baseline: V1 with a random pick (no RM)", b["random_pick"]["eval"]))
+        out.append((RANDOM_PICK, b["random_pick"]["eval"]))
     return out
 
 

@@ -132,6 +132,9 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
         lo, hi = v2["eval"][f"{name}_ci"]
         assert lo <= v2["eval"][name] <= hi
     assert len(v2["eval"]["gatt"]["kept"]) == 2
+    kept_last = v2["eval"]["gatt"]["kept_by_dialog"][-1]  # per dialog: the report's intervals come from these
+    assert len(kept_last) == v2["eval"]["gatt"]["dialogs"] and set(kept_last) <= {0, 1}
+    assert "(last column: 95% bootstrap interval over dialogs)" in report.split("### Ghost Attention")[1]
     # where the wall time went: each activity timed, the untimed rest small
     wall = res["wall_seconds"]
     spent = wall["by_activity"]

@@ -132,26 +132,28 @@ def gatt_consistency(rollout, tok, dialogs, turns: int, max_new_tokens: int, max
     """Share of held-out dialogs whose answer at turn t (1..turns) keeps the system instruction given
     only at the start: the model answers every turn greedily and its own answers build the history.
     When the history outgrows the prompt budget the oldest exchanges are dropped (the system prompt and
-    the current turn always stay): `dropped_exchanges[t]` says how many, on average, at turn t."""
+    the current turn always stay): `dropped_exchanges[t]` says how many, on average, at turn t.
+    `kept_by_dialog[t][i]`: 1 where dialog i's answer at turn t+1 keeps it (the report's intervals)."""
     from llama_rlhf.data.world import keeps
 
     if not dialogs:
-        return {"kept": [], "dropped_exchanges": [], "dialogs": 0}
+        return {"kept": [], "kept_by_dialog": [], "dropped_exchanges": [], "dialogs": 0}
     turns = min(turns, min(len(d.user_turns) for d in dialogs))
     histories: list[list[dict]] = [[{"role": "system", "content": d.system}] for d in dialogs]
-    kept, dropped = [], []
+    kept, by_dialog, dropped = [], [], []
     for t in range(turns):
         for h, d in zip(histories, dialogs):
             h.append({"role": "user", "content": d.user_turns[t]})
         fitted = [fit_prompt(encode_prompt(tok, h), max_prompt_len, tok.bos_id)[0] for h in histories]
         outs = rollout.generate(fitted, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
         answers = [tok.decode(o[0].token_ids) for o in outs]
-        kept.append(sum(keeps(d.instruction_id, a) for d, a in zip(dialogs, answers)) / len(dialogs))
+        by_dialog.append([int(keeps(d.instruction_id, a)) for d, a in zip(dialogs, answers)])
+        kept.append(sum(by_dialog[-1]) / len(dialogs))
         dropped.append(_mean([_exchanges(tok, encode_prompt(tok, h)) - _exchanges(tok, f)
                               for h, f in zip(histories, fitted)]))
         for h, a in zip(histories, answers):
             h.append({"role": "assistant", "content": a})
-    return {"kept": kept, "dropped_exchanges": dropped, "dialogs": len(dialogs)}
+    return {"kept": kept, "kept_by_dialog": by_dialog, "dropped_exchanges": dropped, "dialogs": len(dialogs)}
 
 
 def rm_eval(rm_group, pairs) -> dict:

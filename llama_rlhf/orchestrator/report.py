@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from llama_rlhf.algorithms.bootstrap import mean_ci, paired_diff_ci
 from llama_rlhf.data.records import RATINGS
 from llama_rlhf.orchestrator.run_dir import RunDir
 
@@ -58,8 +59,6 @@ def baselines(run: RunDir) -> list[tuple[str, dict]]:
 
 def _paired(r: dict, ref: dict, metric: str = "helpfulness") -> tuple[float, float, float] | None:
     """Paired difference of per-prompt scores (r - ref) over the prompts both evaluated."""
-    from llama_rlhf.algorithms.bootstrap import paired_diff_ci
-
     a, b = r.get("per_prompt", {}).get(metric, {}), ref.get("per_prompt", {}).get(metric, {})
     ids = [i for i in a if i in b]
     return paired_diff_ci([a[i] for i in ids], [b[i] for i in ids]) if ids else None
@@ -142,14 +141,35 @@ def gatt_table(run: RunDir) -> str:
             "|---|---|" + "---|" * len(turns)]
     for name, r, gatt in vs:
         kept = r.get("gatt", {}).get("kept", [])
-        rows.append(f"| {name} | {'yes' if gatt else 'no'} | "
-                    + " | ".join(_fmt(kept[t - 1], 2) if t <= len(kept) else "–" for t in turns) + " |")
+        cells = [_fmt(kept[t - 1], 2) if t <= len(kept) else "–" for t in turns]
+        last = _kept_at(r, turns[-1])
+        if last:
+            m, lo, hi = mean_ci(last)
+            cells[-1] = f"{_fmt(m, 2)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]"
+        rows.append(f"| {name} | {'yes' if gatt else 'no'} | " + " | ".join(cells) + " |")
     g = next((r["gatt"] for _, r, _ in vs if r.get("gatt", {}).get("kept")), {})
     dropped = g.get("dropped_exchanges", [])
     note = (f"\n\n{g.get('dialogs')} held-out dialogs, greedy; the system instruction is given once. When the "
             f"history outgrows the prompt budget the oldest exchanges are dropped (the system message always "
             f"stays): {_fmt(dropped[-1], 1)} exchanges dropped on average at turn {len(dropped)}." if dropped else "")
-    return "\n".join(rows) + note
+    return "\n".join(rows) + note + _gatt_gain(vs, turns[-1])
+
+
+def _kept_at(r: dict, turn: int) -> list[int]:
+    """Per dialog, 1 where the answer at `turn` keeps the instruction (empty for runs saved before)."""
+    by_dialog = r.get("gatt", {}).get("kept_by_dialog", [])
+    return by_dialog[turn - 1] if turn <= len(by_dialog) else []
+
+
+def _gatt_gain(vs: list[tuple[str, dict, bool]], turn: int) -> str:
+    """The last version trained with GAtt data against the last one without, at `turn`, paired over dialogs."""
+    with_g = [(n, _kept_at(r, turn)) for n, r, g in vs if g and _kept_at(r, turn)]
+    without = [(n, _kept_at(r, turn)) for n, r, g in vs if not g and _kept_at(r, turn) and n != RANDOM_PICK]
+    if not with_g or not without:
+        return ""
+    (a_name, a), (b_name, b) = with_g[-1], without[-1]
+    return (f" At turn {turn} (last column: 95% bootstrap interval over dialogs), {a_name} (GAtt data) vs "
+            f"{b_name} (none): paired Δ {_delta(paired_diff_ci(a, b))}.")
 
 
 def _rs_results(run: RunDir) -> list[tuple[str, dict, bool]]:

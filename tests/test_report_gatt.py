@@ -1,0 +1,44 @@
+"""The report's Ghost Attention table: the last turn's kept rate carries a 95% bootstrap interval over
+dialogs, and the last version trained with GAtt data is compared, paired by dialog, with the last one
+without."""
+
+from llama_rlhf.algorithms.bootstrap import mean_ci, paired_diff_ci
+from llama_rlhf.config import build_config, save_config
+from llama_rlhf.orchestrator.report import gatt_table
+from llama_rlhf.orchestrator.run_dir import RunDir
+
+
+def _gatt(by_dialog: list[list[int]]) -> dict:
+    return {"gatt": {"kept": [sum(t) / len(t) for t in by_dialog], "kept_by_dialog": by_dialog,
+                     "dropped_exchanges": [0.0] * len(by_dialog), "dialogs": len(by_dialog[0])}}
+
+
+def _run(tmp_path, results: dict) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    cfg = {"iterations": {"num_versions": 2, "rs_only_until": 2}, "gatt": {"from_version": 2}}
+    save_config(build_config(cfg), run.config_path)
+    for stage, r in results.items():
+        run.mark_done(stage, r)
+    return run
+
+
+def test_last_turn_has_an_interval_and_the_gatt_gain_is_paired(tmp_path):
+    turn2_sft, turn2_v1, turn2_v2 = [0, 0, 1, 0, 0, 0], [1, 0, 0, 0, 1, 0], [1, 1, 1, 0, 1, 1]
+    run = _run(tmp_path, {"eval/sft": _gatt([[1] * 6, turn2_sft]),
+                          "v1": {"eval": _gatt([[1] * 6, turn2_v1])},
+                          "v2": {"eval": _gatt([[1] * 6, turn2_v2])}})
+    text = gatt_table(run)
+    m, lo, hi = mean_ci(turn2_v2)
+    assert f"| RLHF-V2 (RS) | yes | 1.00 | {m:.2f} [{lo:.2f}, {hi:.2f}] |" in text
+    m, lo, hi = mean_ci(turn2_v1)
+    assert f"| RLHF-V1 (RS) | no | 1.00 | {m:.2f} [{lo:.2f}, {hi:.2f}] |" in text
+    d, lo, hi = paired_diff_ci(turn2_v2, turn2_v1)  # the last version without GAtt data is V1, not SFT
+    assert f"RLHF-V2 (RS) (GAtt data) vs RLHF-V1 (RS) (none): paired Δ {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" in text
+    assert d > 0 and lo < d < hi
+
+
+def test_runs_saved_without_per_dialog_results_keep_the_plain_table(tmp_path):
+    old = {"gatt": {"kept": [1.0, 0.5], "dropped_exchanges": [0.0, 0.0], "dialogs": 2}}
+    run = _run(tmp_path, {"eval/sft": old, "v1": {"eval": old}, "v2": {"eval": old}})
+    text = gatt_table(run)
+    assert "| RLHF-V2 (RS) | yes | 1.00 | 0.50 |" in text and "paired Δ" not in text and "[" not in text

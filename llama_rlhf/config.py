@@ -310,6 +310,10 @@ class EvalConfig(_Cfg):
     samples: int = Field(4, ge=1)
     """Samples per held-out prompt (ignored when greedy)."""
     max_new_tokens: int = Field(64, gt=0)
+    greedy: bool = True
+    """Gold judge only: also judge each policy's greedy answers (one per prompt) beside the sampled ones.
+    RLHF can move the two apart: sampling at T = 1 spreads probability over wrong answers that greedy
+    decoding never emits, so a sampled figure can hold while every greedy answer gets worse."""
 
 
 ROLE_NAMES = ("policy", "reference", "critic", "rm_helpful", "rm_safety")

@@ -131,6 +131,12 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
     for name in ("gold_helpfulness", "gold_safety", "false_refusal"):
         lo, hi = v2["eval"][f"{name}_ci"]
         assert lo <= v2["eval"][name] <= hi
+    # greedy answers judged beside the sampled ones, for every policy but the control at its own temperature
+    assert v2["eval"]["greedy"]["temperature"] == 0.0 and v2["eval"]["greedy"]["samples_per_prompt"] == 1
+    assert "greedy" in res["eval/sft"] and "greedy" not in b["sft_at_rs_temperature"]
+    greedy = report.split("### Greedy answers")[1].split("###")[0]
+    assert "| RLHF-V2 (RS + PPO) | 0.0 |" in greedy and "| baseline: V1 with a random pick (no RM) | 0.0 |" in greedy
+    assert "Greedy answers: gold helpfulness" in report.split("###")[0]  # the headline
     assert len(v2["eval"]["gatt"]["kept"]) == 2
     kept_last = v2["eval"]["gatt"]["kept_by_dialog"][-1]  # per dialog: the report's intervals come from these
     assert len(kept_last) == v2["eval"]["gatt"]["dialogs"] and set(kept_last) <= {0, 1}
@@ -170,7 +176,7 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
 def test_eval_rejudges_every_saved_policy_as_the_run_judged_it(uninterrupted):
     """`llama-rlhf eval RUN --temperature T` serves each saved checkpoint from a fresh rollout engine and
     judges it on the run's held-out prompts: at the run's own temperature and seed it must give the run's
-    own per-prompt figures (greedy, `--temperature 0`, is the same path with one sample per prompt)."""
+    own per-prompt figures, and greedy (`--temperature 0`, one sample per prompt) the run's greedy ones."""
     run_dir, _ = uninterrupted
     ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
     out = _finish(_cli("eval", str(run_dir), "--temperature", "1", ray_tmp=ray_tmp), ray_tmp)
@@ -183,6 +189,12 @@ def test_eval_rejudges_every_saved_policy_as_the_run_judged_it(uninterrupted):
         assert got[name]["per_prompt"] == r["per_prompt"], name
         assert got[name]["temperature"] == 1.0
     assert "| RLHF-V2 (RS + PPO) | 1.0 |" in out and "By prompt kind" in out
+    # greedy: the run's own greedy figures (`eval.greedy`, judged on the run's engines after each weight sync)
+    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    _finish(_cli("eval", str(run_dir), "--temperature", "0", ray_tmp=ray_tmp), ray_tmp)
+    got = json.loads((run_dir / "eval_T0.json").read_text())
+    for name, r in want.items():
+        assert got[name]["per_prompt"] == r["greedy"]["per_prompt"], name
 
 
 def test_sigkill_mid_ppo_then_resume_matches_uninterrupted(uninterrupted, tmp_path):

@@ -203,11 +203,17 @@ def _evaluate_policy(ctx, name: str, stage: str, temperature: float | None, gatt
     e = cfg.eval
     temp = e.temperature if temperature is None else temperature
     if _gold_judged(cfg):
+        seed = S.stage_seed(cfg.run.seed, "eval")
         r = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, e.max_new_tokens, ctx.max_prompt_len,
-                      temp, e.samples, S.stage_seed(cfg.run.seed, "eval"))
+                      temp, e.samples, seed)
         ci = lambda k: f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]"
         line = (f"gold helpfulness {ci('gold_helpfulness')}, safety {ci('gold_safety')}, "
                 f"false refusals {ci('false_refusal')}")
+        if e.greedy and temperature is None and temp > 0:  # a control at its own temperature: no greedy copy
+            g = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, e.max_new_tokens, ctx.max_prompt_len,
+                          0.0, 1, seed)
+            r["greedy"] = {k: v for k, v in g.items() if k not in ("answers", "samples")}
+            line += f"; greedy helpfulness {g['gold_helpfulness']:.3f}"
     else:  # a user's prompts: judged by the RMs loaded now, against SFT's answers
         base = None if name == "SFT" else ctx.run.result("eval/sft").get("answers")
         r = rm_eval_prompts(ctx.rollout, ctx.tok, ctx.data.eval_prompts, ctx.rm, e.max_new_tokens,

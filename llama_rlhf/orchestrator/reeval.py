@@ -1,9 +1,10 @@
 """`llama-rlhf eval RUN --temperature T`: the gold judge on every saved policy of a finished (or stopped)
 run, sampled at another temperature than the run's `eval.temperature` (0 = greedy).
 
-The run's own evaluation samples at one temperature. How a policy is sampled changes what its gold figures
-say (sampling at T = 1 spreads probability over wrong answers that greedy decoding never emits), and RLHF
-can move the two in opposite directions: this re-evaluation shows both, on the same held-out prompts and
+The run's own evaluation samples at `eval.temperature` (with `eval.greedy`, greedy answers are judged too).
+How a policy is sampled changes what its gold figures say (sampling at T = 1 spreads probability over
+wrong answers that greedy decoding never emits), and RLHF can move the two in opposite directions: this
+re-evaluation judges any temperature (and runs made before `eval.greedy`) on the same held-out prompts and
 seed as the run's. Each saved checkpoint is served by a fresh rollout engine of the run's cluster config
 (the same vLLM path as the pipeline's evaluation); nothing is trained and the run's state is not touched:
 the results go to `eval_T<T>.json` in the run folder and the tables to stdout.

@@ -87,6 +87,20 @@ def gold_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(out)
 
 
+def greedy_rows(run: RunDir) -> list[tuple[str, dict]]:
+    """(name, greedy gold eval) of every policy the run also judged greedily (`eval.greedy`), SFT first."""
+    vs = [(n, r) for n, r, _ in versions(run)]
+    return [(n, r["greedy"]) for n, r in vs[:1] + baselines(run) + vs[1:] if "greedy" in r]
+
+
+def _greedy_section(run: RunDir) -> list[str]:
+    rows = greedy_rows(run)
+    if not rows:
+        return []
+    return ["### Greedy answers (T = 0, one per prompt; same prompts and intervals)", "", gold_table(rows), "",
+            "By prompt kind, greedy:", "", kind_rows(rows), ""]
+
+
 def rm_judged_table(run: RunDir) -> str | None:
     """A user's eval prompts (no gold judge): mean RM scores and the RM-judged win rate over SFT."""
     vs = [(n, r) for n, r, _ in versions(run) if r.get("judge") == "reward models"]
@@ -249,6 +263,11 @@ def headline(run: RunDir) -> str:
     for bname, b in baselines(run):
         out.append(f"Against {bname}: helpfulness {_ci(last, 'gold_helpfulness')} vs {_ci(b, 'gold_helpfulness')}, "
                    f"paired Δ {_delta(_paired(last, b))}.")
+    if "greedy" in last and "greedy" in sft:
+        g, g0 = last["greedy"], sft["greedy"]
+        out.append(f"Greedy answers: gold helpfulness {_fmt(g.get('gold_helpfulness'))} vs "
+                   f"{_fmt(g0.get('gold_helpfulness'))}, paired Δ {_delta(_paired(g, g0))}; gold safety "
+                   f"{_fmt(g.get('gold_safety'))} vs {_fmt(g0.get('gold_safety'))}.")
     return " ".join(out)
 
 
@@ -258,7 +277,7 @@ def body(run: RunDir) -> list[str]:
     gold = [] if rm_judged_table(run) else [
         headline(run), "", "### Gold judge on held-out prompts (95% bootstrap intervals over prompts)", "",
         summary_table(run), "", "By prompt kind (unsafe: gold safety; the others: gold helpfulness):", "",
-        kind_table(run), ""]
+        kind_table(run), "", *_greedy_section(run)]
     return gold + ["### Reward models: held-out accuracy by rating level", "", rm_table(run), "",
                    "### Ghost Attention: instruction kept at turn t", "", gatt_table(run), "",
                    "### Rejection sampling", "", rs_table(run), "", *_pick_section(run),

@@ -379,9 +379,14 @@ def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 def evaluate_run(run_dir: str | Path) -> int:
-    from llama_rlhf.orchestrator.report import summary_table
+    """The run's saved gold table, and its greedy one where the run judged greedy answers too."""
+    from llama_rlhf.orchestrator.report import gold_table, greedy_rows, summary_table
 
-    print(summary_table(RunDir(run_dir)))
+    run = RunDir(run_dir)
+    print(summary_table(run))
+    greedy = greedy_rows(run)
+    if greedy:
+        print("\nGreedy answers (T = 0, one per prompt):\n\n" + gold_table(greedy))
     return 0
 
 

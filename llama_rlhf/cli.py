@@ -2,7 +2,7 @@
 
     llama-rlhf run configs/local.yaml [dotted.key=value ...]   # the whole pipeline into runs/<name>
     llama-rlhf resume runs/local                               # continue a stopped run
-    llama-rlhf eval runs/local [--temperature 0]               # the gold table; or re-judge every saved policy at T
+    llama-rlhf eval runs/local [--temperature 0] [--gatt-dialogs 128]  # the gold table; or re-judge saved policies
     llama-rlhf report runs/local [--readme README.md]          # rebuild report.md, plots (and README's demo tables)
     llama-rlhf plan configs/llama2-70b.yaml [overrides]        # GPUs, nodes, memory per role; exit 1 if it won't fit
     llama-rlhf config configs/local.yaml [overrides]           # print the resolved config
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
                     "prompts and print the gold tables (eval_T<T>.json)")
     ev.add_argument("--samples", type=_at_least(1, int),
                     help="samples per prompt when T > 0 (default: the run's eval.samples)")
+    ev.add_argument("--gatt-dialogs", type=_at_least(1, int),
+                    help="judge every saved policy's Ghost Attention consistency again on this many held-out "
+                    "dialogs (the run's own are the first of them) and print the GAtt table (gatt_N<N>.json)")
     rep = sub.add_parser("report", help="write report.md and plots of a run")
     rep.add_argument("run_dir")
     rep.add_argument("--readme", help="also regenerate this README's demo section (between its demo-report markers)")
@@ -111,11 +114,12 @@ def _dispatch(args) -> int:
     if args.cmd in ("eval", "report"):  # a mistyped folder is an error, not a new empty run folder
         preflight.resume_config(args.run_dir)
     if args.cmd == "eval":
-        if args.temperature is not None:
-            from llama_rlhf.orchestrator.reeval import reevaluate
+        from llama_rlhf.orchestrator import reeval
 
-            return reevaluate(args.run_dir, args.temperature, args.samples)
-        return pipeline.evaluate_run(args.run_dir)
+        if args.temperature is None and args.gatt_dialogs is None:
+            return pipeline.evaluate_run(args.run_dir)
+        rc = reeval.reevaluate(args.run_dir, args.temperature, args.samples) if args.temperature is not None else 0
+        return rc or (reeval.regatt(args.run_dir, args.gatt_dialogs) if args.gatt_dialogs is not None else 0)
     if args.cmd == "report":
         return pipeline.report(args.run_dir, args.readme)
     return 1

@@ -195,6 +195,14 @@ def test_eval_rejudges_every_saved_policy_as_the_run_judged_it(uninterrupted):
     got = json.loads((run_dir / "eval_T0.json").read_text())
     for name, r in want.items():
         assert got[name]["per_prompt"] == r["greedy"]["per_prompt"], name
+    # Ghost Attention on the run's own held-out dialogs: the run's own per-dialog figures
+    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    n = res["eval/sft"]["gatt"]["dialogs"]
+    out = _finish(_cli("eval", str(run_dir), "--gatt-dialogs", str(n), ray_tmp=ray_tmp), ray_tmp)
+    got = json.loads((run_dir / f"gatt_N{n}.json").read_text())
+    for name, r in want.items():
+        assert got[name]["gatt"]["kept_by_dialog"] == r["gatt"]["kept_by_dialog"], name
+    assert "| RLHF-V2 (RS + PPO) | yes |" in out and "| RLHF-V1 (RS) | no |" in out
 
 
 def test_sigkill_mid_ppo_then_resume_matches_uninterrupted(uninterrupted, tmp_path):

@@ -291,6 +291,14 @@ def test_gatt_dialogs_and_their_gold_responses(world):
         assert kept == [True] + [False] * (len(d.user_turns) - 1)
 
 
+def test_more_held_out_gatt_dialogs_extend_the_runs_own(world):
+    """`llama-rlhf eval RUN --gatt-dialogs N` judges N held-out dialogs whose first ones are the run's."""
+    n = world.config.n_gatt_eval
+    more = world.gatt_dialogs("eval", n=4 * n)
+    assert len(more) == 4 * n and more[:n] == world.gatt_dialogs("eval")
+    assert len({(d.instruction_id, tuple(d.user_turns)) for d in more}) == 4 * n
+
+
 def test_learnable_sizes(world):
     texts = []
     for p in world.eval_prompts() + world.rlhf_prompts():

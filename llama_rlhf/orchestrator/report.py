@@ -146,7 +146,12 @@ def rm_table(run: RunDir) -> str:
 
 
 def gatt_table(run: RunDir) -> str:
-    vs = [(n, r, g) for n, r, g in versions(run)] + [(n, r, False) for n, r in baselines(run) if "gatt" in r]
+    return gatt_rows_table([(n, r, g) for n, r, g in versions(run)]
+                           + [(n, r, False) for n, r in baselines(run) if "gatt" in r])
+
+
+def gatt_rows_table(vs: list[tuple[str, dict, bool]]) -> str:
+    """(name, result with its "gatt" consistency, trained with GAtt data) rows: kept rate at GATT_TURNS."""
     n_turns = max((len(r.get("gatt", {}).get("kept", [])) for _, r, _ in vs), default=0)
     if not n_turns:
         return "(no GAtt evaluation dialogs)"

@@ -212,7 +212,7 @@ def _evaluate_policy(ctx, name: str, stage: str, temperature: float | None, gatt
         if e.greedy and temperature is None and temp > 0:  # a control at its own temperature: no greedy copy
             g = gold_eval(ctx.rollout, ctx.tok, ctx.data.eval_prompts, e.max_new_tokens, ctx.max_prompt_len,
                           0.0, 1, seed)
-            r["greedy"] = {k: v for k, v in g.items() if k not in ("answers", "samples")}
+            r["greedy"] = {k: v for k, v in g.items() if k != "samples"}  # the sampled run keeps its examples
             line += f"; greedy helpfulness {g['gold_helpfulness']:.3f}"
     else:  # a user's prompts: judged by the RMs loaded now, against SFT's answers
         base = None if name == "SFT" else ctx.run.result("eval/sft").get("answers")

@@ -71,8 +71,13 @@ def _delta(d) -> str:
 def summary_table(run: RunDir) -> str:
     """Every version and control: gold scores with 95% intervals over prompts, and the paired change in
     helpfulness against SFT (same prompts, same seeds)."""
+    return gold_table(_policies(run))
+
+
+def _policies(run: RunDir) -> list[tuple[str, dict]]:
+    """(name, eval result) of SFT, the controls, then every version: the gold tables' row order."""
     vs = [(n, r) for n, r, _ in versions(run)]
-    return gold_table(vs[:1] + baselines(run) + vs[1:])
+    return vs[:1] + baselines(run) + vs[1:]
 
 
 def gold_table(rows: list[tuple[str, dict]]) -> str:
@@ -89,8 +94,7 @@ def gold_table(rows: list[tuple[str, dict]]) -> str:
 
 def greedy_rows(run: RunDir) -> list[tuple[str, dict]]:
     """(name, greedy gold eval) of every policy the run also judged greedily (`eval.greedy`), SFT first."""
-    vs = [(n, r) for n, r, _ in versions(run)]
-    return [(n, r["greedy"]) for n, r in vs[:1] + baselines(run) + vs[1:] if "greedy" in r]
+    return [(n, r["greedy"]) for n, r in _policies(run) if "greedy" in r]
 
 
 def _greedy_section(run: RunDir) -> list[str]:
@@ -182,8 +186,9 @@ def _kept_at(r: dict, turn: int) -> list[int]:
 
 def _gatt_gain(vs: list[tuple[str, dict, bool]], turn: int) -> str:
     """The last version trained with GAtt data against the last one without, at `turn`, paired over dialogs."""
-    with_g = [(n, _kept_at(r, turn)) for n, r, g in vs if g and _kept_at(r, turn)]
-    without = [(n, _kept_at(r, turn)) for n, r, g in vs if not g and _kept_at(r, turn) and n != RANDOM_PICK]
+    kept = [(n, _kept_at(r, turn), g) for n, r, g in vs]
+    with_g = [(n, k) for n, k, g in kept if g and k]
+    without = [(n, k) for n, k, g in kept if not g and k and n != RANDOM_PICK]
     if not with_g or not without:
         return ""
     (a_name, a), (b_name, b) = with_g[-1], without[-1]

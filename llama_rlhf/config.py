@@ -231,8 +231,18 @@ class PPOConfig(_Cfg):
     """Constant learning rate."""
     critic_lr: float = Field(1e-6, gt=0)
     batch_size: int = Field(512, gt=0)
+    """Responses per iteration (`batch_size / samples_per_prompt` prompts)."""
     minibatch_size: int = Field(64, gt=0)
     """One gradient step per minibatch."""
+    advantage: Literal["gae", "rloo"] = "gae"
+    """"gae": the paper's PPO, advantages from a critic's values by GAE (`gamma`, `lam`). "rloo":
+    critic-free (REINFORCE leave-one-out, Ahmadian et al. 2024, as OpenRLHF's and TRL's RLOO): each
+    response's sequence score minus the mean score of the other `samples_per_prompt - 1` responses to
+    the same prompt, the per-token KL penalty kept in the reward, returns-to-go as advantages (clipped
+    surrogate unchanged). No critic is started, loaded or trained: one forward and one backward fewer per
+    iteration and no critic GPUs. Not the paper's method; `llama-rlhf plan` sizes the job without the critic."""
+    samples_per_prompt: int = Field(1, ge=1)
+    """Responses sampled per prompt in a batch; "rloo" needs at least 2 (its baseline is the others)."""
     clip_range: float = Field(0.2, gt=0)
     value_clip_range: float = Field(0.2, gt=0)
     kl_coef: float = Field(0.01, ge=0)
@@ -482,11 +492,12 @@ class Config(_Cfg):
         return self
 
     @model_validator(mode="after")
-    def _length_checks(self) -> Config:
-        """Lengths that only fail mid-run: a prompt budget of zero, sequences past the context length."""
-        from llama_rlhf.config_checks import length_errors
+    def _cross_field_checks(self) -> Config:
+        """What only fails mid-run: a prompt budget of zero, sequences past the context length, ranks past the
+        GPUs, a PPO batch that does not split into groups (`config_checks`)."""
+        from llama_rlhf.config_checks import cross_field_errors
 
-        errors = length_errors(self)
+        errors = cross_field_errors(self)
         if errors:
             raise ValueError("\n".join(errors))
         return self

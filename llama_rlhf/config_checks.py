@@ -6,7 +6,7 @@ name the fields and values involved. Called by `Config`'s validator; returns mes
 from __future__ import annotations
 
 
-def length_errors(cfg) -> list[str]:
+def cross_field_errors(cfg) -> list[str]:
     errors = []
     m = cfg.model.max_seq_len
     gen = {"ppo.max_new_tokens": cfg.ppo.max_new_tokens,
@@ -24,6 +24,17 @@ def length_errors(cfg) -> list[str]:
     if bad:
         errors.append(f"rejection_sampling.temperatures: every temperature must be > 0, got {bad[0]!r}")
     errors += _gpu_errors(cfg.cluster)
+    return errors + _ppo_errors(cfg.ppo)
+
+
+def _ppo_errors(p) -> list[str]:
+    errors = []
+    if p.batch_size % p.samples_per_prompt:
+        errors.append(f"ppo.batch_size: must be a multiple of ppo.samples_per_prompt ({p.samples_per_prompt}) "
+                      f"(it counts responses), got {p.batch_size}")
+    if p.advantage == "rloo" and p.samples_per_prompt < 2:
+        errors.append("ppo.samples_per_prompt: the rloo advantage needs >= 2 responses per prompt (each one's "
+                      f"baseline is the others' mean), got {p.samples_per_prompt}")
     return errors
 
 

@@ -189,14 +189,14 @@ TRAINED = {"policy": True, "rm_helpful": True, "rm_safety": True, "reference": F
 def plan(cfg: Config, calibration: dict | None = None) -> Plan:
     """The plan of a config (pure arithmetic plus the placement code's bundle assignment)."""
     from llama_rlhf.config import ConfigError
-    from llama_rlhf.orchestrator.cluster import Placement, gpu_layout, roles_in_use
+    from llama_rlhf.orchestrator.cluster import Placement, gpu_layout, ppo_roles, roles_in_use
 
     c = cfg.cluster
     if not c.gpu:
         raise ConfigError("cluster.gpus_per_node: 0 is CPU mode; plan checks a GPU cluster (set gpus_per_node)")
     shape = model_shape(cfg)
-    with_critic = cfg.iterations.num_versions > cfg.iterations.rs_only_until
-    n_bundles, _ = gpu_layout(c, with_critic)
+    ppo = ppo_roles(cfg)
+    n_bundles, _ = gpu_layout(c, ppo)
     have = c.num_nodes * c.gpus_per_node
     problems = []
     if n_bundles > have:
@@ -204,10 +204,10 @@ def plan(cfg: Config, calibration: dict | None = None) -> Plan:
                         f"({c.num_nodes} nodes x {c.gpus_per_node}); short by {n_bundles - have}")
     # bundles filled node by node, as PACK does on an idle cluster of identical nodes
     nodes = [f"node{min(i // c.gpus_per_node, c.num_nodes - 1)}" for i in range(n_bundles)]
-    placement = Placement.assign(c, with_critic, nodes)
+    placement = Placement.assign(c, ppo, nodes)
     scale = (calibration or {}).get("activation_scale", 1.0)
     rows, score_act = [], {}
-    for r in roles_in_use(c, with_critic):
+    for r in roles_in_use(c, ppo):
         row, score_act[r] = _role_row(cfg, r, shape, placement, nodes, scale)
         rows.append(row)
     row, kv = _rollout_row(cfg, shape, placement, nodes)
@@ -217,7 +217,7 @@ def plan(cfg: Config, calibration: dict | None = None) -> Plan:
         problems.append(f"rollout: the KV cache holds {max(kv['tokens'], 0):,.0f} tokens per engine, less than "
                         f"one {seq}-token context (vLLM refuses to start); short by "
                         f"{(seq * kv['per_token_bytes'] - kv['bytes']) / GIB:.1f} GiB per GPU")
-    phases = _phase_peaks(cfg, {r.role: r for r in rows}, cfg.model.gradient_checkpointing, with_critic, score_act)
+    phases = _phase_peaks(cfg, {r.role: r for r in rows}, cfg.model.gradient_checkpointing, ppo, score_act)
     usable = (c.gpu_memory_gib - CUDA_OVERHEAD_GIB) * GIB
     for name, peak in phases.items():
         if peak > usable:
@@ -280,7 +280,7 @@ def _rollout_row(cfg: Config, shape: Shape, placement, nodes: list[str]) -> tupl
     return row, {"per_token_bytes": per_tok, "tokens": tokens, "bytes": kv}
 
 
-def _phase_peaks(cfg: Config, rows: dict[str, RoleRow], ckpt: bool, with_critic: bool,
+def _phase_peaks(cfg: Config, rows: dict[str, RoleRow], ckpt: bool, ppo: tuple[str, ...],
                  score_act: dict[str, float]) -> dict[str, float]:
     """Peak bytes per GPU. Separate: each role on its own GPUs (the reference may share the policy's).
     Colocated: per phase, the resident states of every role on a GPU plus the activations of the passes
@@ -311,7 +311,7 @@ def _phase_peaks(cfg: Config, rows: dict[str, RoleRow], ckpt: bool, with_critic:
     out = {"sft": states("policy") + act("policy"),
            "rm": states("policy") + states("rm_helpful") + states("rm_safety") + max(act("rm_helpful"),
                                                                                       act("rm_safety"))}
-    if with_critic:
+    if ppo:
         out["ppo"] = (states("policy") + states("critic") + frozen["reference"] + frozen["rm_helpful"]
                       + frozen["rm_safety"] + act("policy") + act("critic"))
     resident = sum(frozen[r] for r in ("reference", "rm_helpful", "rm_safety") if r in rows)

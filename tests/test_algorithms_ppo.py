@@ -19,6 +19,7 @@ from llama_rlhf.algorithms.masked import masked_mean
 from llama_rlhf.algorithms.ppo import (
     critic_update,
     gae,
+    leave_one_out,
     policy_loss,
     ppo_update,
     run_minibatches,
@@ -64,6 +65,28 @@ def test_gae_lambda1_is_returns_to_go_minus_values(lengths, seed, gamma):
             assert adv[i, s].item() == pytest.approx(to_go - values[i, s].item(), abs=1e-9)
             assert ret[i, s].item() == pytest.approx(to_go, abs=1e-9)
         assert (adv[i, n:] == 0).all() and (ret[i, n:] == 0).all()
+
+
+@given(st.integers(2, 5), st.integers(1, 4), st.integers(0, 10_000))
+@settings(max_examples=40, deadline=None)
+def test_leave_one_out_is_each_score_less_the_others_mean(k, prompts, seed):
+    """RLOO's baseline, by its definition (a loop over the others), and its closed form k/(k-1) (s - mean)."""
+    s = torch.randn(prompts * k, generator=torch.Generator().manual_seed(seed))
+    out = leave_one_out(s, k)
+    for i in range(prompts * k):
+        g = range(i // k * k, i // k * k + k)
+        others = [float(s[j]) for j in g if j != i]
+        assert out[i].item() == pytest.approx(float(s[i]) - sum(others) / (k - 1), abs=1e-5)
+    group_mean = s.view(-1, k).mean(1, keepdim=True)
+    torch.testing.assert_close(out.view(-1, k), k / (k - 1) * (s.view(-1, k) - group_mean))
+    assert out.view(-1, k).sum(1).abs().max() < 1e-5  # a group's advantages sum to zero
+
+
+def test_leave_one_out_refuses_groups_it_cannot_form():
+    with pytest.raises(ValueError, match="groups of 1"):
+        leave_one_out(torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="5 scores"):
+        leave_one_out(torch.zeros(5), 2)
 
 
 def test_whiten_advantages():

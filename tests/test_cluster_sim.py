@@ -88,13 +88,13 @@ def simulate(preset: str) -> dict:
         sim.add_node(num_cpus=4, num_gpus=c.gpus_per_node, object_store_memory=80 * 2**20)
     ray.init(address=sim.address, log_to_driver=False)
     try:
-        placement = Placement.create(c, with_critic=True, timeout_s=120)
+        placement = Placement.create(c, ppo=("reference", "critic"), timeout_s=120)
         table = placement_group_table(placement.pg)
         out = {"bundle_nodes": [table["bundles_to_node_id"][b] for b in range(len(placement.bundle_nodes))],
                "index": placement.index, "engines": placement.engines, "share": placement.share, "roles": {},
                "placement": c.placement, "tp": c.rollout.tensor_parallel_size}
         probe = ray.remote(Probe)
-        for role in roles_in_use(c, with_critic=True):
+        for role in roles_in_use(c, ppo=("reference", "critic")):
             group = RankGroup(probe, role, c.role(role).ranks, placement.options(role), placement.backend)
             out["roles"][role] = ray.get([r.where.remote() for r in group.ranks])
         engine = ray.remote(EngineProbe)

@@ -72,6 +72,21 @@ def test_cross_field_check():
         build_config({}, ["ppo.batch_size=8", "ppo.minibatch_size=16"])
 
 
+def test_ppo_groups_check():
+    """`ppo.batch_size` counts responses: it must split into groups of `samples_per_prompt`, and rloo's
+    leave-one-out baseline needs two responses per prompt at least."""
+    with pytest.raises(ConfigError, match=r"ppo.batch_size: must be a multiple of ppo.samples_per_prompt \(3\)"):
+        build_config({}, ["ppo.samples_per_prompt=3"])
+    with pytest.raises(ConfigError, match="ppo.samples_per_prompt: the rloo advantage needs >= 2"):
+        build_config({}, ["ppo.advantage=rloo"])
+    cfg = build_config({}, ["ppo.advantage=rloo", "ppo.samples_per_prompt=4"])
+    assert (cfg.ppo.advantage, cfg.ppo.samples_per_prompt) == ("rloo", 4)
+    from llama_rlhf.orchestrator.cluster import ppo_roles
+
+    assert ppo_roles(cfg) == ("reference",) and ppo_roles(Config()) == ("reference", "critic")
+    assert ppo_roles(build_config({}, ["iterations.rs_only_until=5"])) == ()
+
+
 def test_config_is_frozen():
     c = Config()
     with pytest.raises(ValidationError, match="frozen"):

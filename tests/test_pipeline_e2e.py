@@ -246,7 +246,9 @@ def test_sigkill_mid_ppo_then_resume_matches_uninterrupted(uninterrupted, tmp_pa
 
 
 def test_ray_job_submit_against_a_local_head(tmp_path):
-    """`ray start --head` + `ray job submit --working-dir . -- ...` runs the job in cluster mode."""
+    """`ray start --head` + `ray job submit --working-dir . -- ...` runs the job in cluster mode. Its one
+    version is RS then critic-free PPO (`ppo.advantage=rloo`), saving PPO's state every iteration: the job
+    starts a reference and no critic, and PPO runs, saves and finishes without one."""
     bin_dir = Path(sys.executable).parent
     ray_tmp = tempfile.mkdtemp(prefix="ray_job_", dir="/tmp")
     env = _env(ray_tmp)
@@ -261,7 +263,8 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
                    env=env, check=True, capture_output=True)
     submit = [str(bin_dir / "ray"), "job", "submit", f"--address=http://127.0.0.1:{port}", "--working-dir", str(ROOT),
               "--", sys.executable, "-m", "llama_rlhf.cli", "run", "configs/ci.yaml", "cluster.mode=cluster",
-              f"run.output_dir={tmp_path}", "iterations.num_versions=1", "iterations.rs_only_until=1",
+              f"run.output_dir={tmp_path}", "iterations.num_versions=1", "iterations.rs_only_until=0",
+              "ppo.advantage=rloo", "ppo.samples_per_prompt=2", "ppo.checkpoint_every=1",
               "data.world.n_sft=64", "data.world.n_preferences=64"]
     try:
         for _ in range(30):  # the head's job agent comes up a few seconds after `ray start` returns
@@ -271,7 +274,13 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
             time.sleep(2)
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
         assert "succeeded" in job.stdout + job.stderr
-        assert "v1" in _state(tmp_path / "ci")["done"]
+        run_dir = tmp_path / "ci"
+        assert "v1" in _state(run_dir)["done"] and _state(run_dir)["results"]["v1"]["iterations"] == 2
+        actors = json.loads((run_dir / "actors.json").read_text())
+        assert "reference" in actors and "critic" not in actors
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        ppo_rows = [r for r in rows if r["stage"] == "v1/ppo" and "kl" in r]
+        assert len(ppo_rows) == 2 and not any(k.startswith("critic/") for r in ppo_rows for k in r)
     finally:
         # not `ray stop`: it would also stop the Ray of the other tests in this session
         subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)

@@ -202,3 +202,18 @@ def test_plan_refuses_more_gpus_than_declared():
     cfg = load_config(ROOT / "configs" / "llama2-70b.yaml", ["cluster.placement=separate"])
     p = plan(cfg)
     assert any(x.startswith("cluster: the job needs") for x in p.problems)
+
+
+def test_critic_free_ppo_plans_no_critic():
+    """`ppo.advantage: rloo` starts no critic: its GPUs leave the separate placement and its states and
+    activations leave the colocated PPO phase; everything else is planned as with GAE."""
+    gae_sep = plan(load_config(ROOT / "configs" / "llama2-70b.yaml", ["cluster.placement=separate"]))
+    rloo = ["ppo.advantage=rloo", "ppo.samples_per_prompt=4"]
+    rloo_sep = plan(load_config(ROOT / "configs" / "llama2-70b.yaml", ["cluster.placement=separate", *rloo]))
+    critic_gpus = load_config(ROOT / "configs" / "llama2-70b.yaml").cluster.critic.ranks
+    assert "critic" in gae_sep.placement.index and "critic" not in rloo_sep.placement.index
+    assert rloo_sep.gpus_needed == gae_sep.gpus_needed - critic_gpus
+    assert "| critic |" in format_plan(gae_sep) and "| critic |" not in format_plan(rloo_sep)
+    gae_col, rloo_col = plan(load_config(ROOT / "configs" / "llama2-70b.yaml")), plan(
+        load_config(ROOT / "configs" / "llama2-70b.yaml", rloo))
+    assert rloo_col.phases["ppo"] < gae_col.phases["ppo"] and rloo_col.phases["sft"] == gae_col.phases["sft"]

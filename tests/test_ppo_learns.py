@@ -5,7 +5,9 @@ The reward of a response is the share of its tokens in the upper half of the voc
 the batch as the reward models' scores are. From a random init that share starts near 0.5; PPO must
 raise the batch mean by MARGIN within ITERS iterations. The same
 criterion is checked to fail when the reward's sign is flipped (the update then pushes the other way),
-and a large KL coefficient beta must keep the policy closer to pi_0 than a small one.
+and a large KL coefficient beta must keep the policy closer to pi_0 than a small one. The critic-free
+advantage (`ppo.advantage: rloo`, 4 responses per prompt) must pass and fail the same criteria, with no
+critic in the job.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ITERS = 8
 MARGIN = 0.05
+RLOO = {"advantage": "rloo", "samples_per_prompt": 4}  # 16 prompts x 4 responses: the same 64 per batch
 OVERRIDES = ["ppo.lr=3.0e-3", "ppo.critic_lr=1.0e-3", "ppo.batch_size=64", "ppo.minibatch_size=16",
              "ppo.lam=1.0", "ppo.early_stop_patience=0", "ppo.checkpoint_every=0", "ppo.kl_coef=0.01",
              "ppo.max_new_tokens=24", "data.world.n_rlhf=128"]
@@ -60,12 +63,17 @@ def ppo_runs(tmp_path_factory):
         ctx.policy.load(S.model_spec(ctx, "causal", None, "init"))
         init = S.save_checkpoint(ctx, ctx.policy, "init")
         pipeline._start_rollout(ctx, init)
-        for version, (name, sign, beta, iters) in enumerate(
-                [("learn", 1.0, 0.01, ITERS), ("flipped", -1.0, 0.01, 4), ("large_beta", 1.0, 1.0, 4)], start=1):
-            ctx.cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"kl_coef": beta, "iterations": iters})})
+        critic = ctx.critic
+        for version, (name, sign, beta, iters, rloo) in enumerate(
+                [("learn", 1.0, 0.01, ITERS, {}), ("flipped", -1.0, 0.01, 4, {}), ("large_beta", 1.0, 1.0, 4, {}),
+                 ("rloo", 1.0, 0.01, ITERS, RLOO), ("rloo_flipped", -1.0, 0.01, 4, RLOO)], start=1):
+            ctx.cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(
+                update={"kl_coef": beta, "iterations": iters, **rloo})})
+            ctx.critic = None if rloo else critic  # critic-free: any call to the critic would fail
             pipeline._serve(ctx, S, init)
             ppo(ctx, version, init, init, init, reward_fn=_target_share(sign))
             results[name] = [r for r in run.metrics() if r["stage"] == f"v{version}/ppo"]
+        ctx.critic = critic
     finally:
         pipeline._shutdown(ctx)
         if ray.is_initialized():
@@ -90,3 +98,16 @@ def test_kl_to_pi0_is_bounded_by_beta(ppo_runs):
     large = [r["kl"] for r in ppo_runs["large_beta"]]
     print(f"KL per token after 4 iterations: beta 0.01 -> {small[3]:.3f}, beta 1.0 -> {large[3]:.3f}")
     assert large[3] < small[3]
+
+
+def test_critic_free_rloo_raises_the_rule_reward(ppo_runs):
+    first, last = _thirds(ppo_runs["rloo"])
+    print(f"rloo: target share first third {first:.3f}, last third {last:.3f}")
+    assert last - first >= MARGIN
+    assert not any(k.startswith("critic/") for r in ppo_runs["rloo"] for k in r)
+
+
+def test_critic_free_rloo_flipped_fails(ppo_runs):
+    first, last = _thirds(ppo_runs["rloo_flipped"])
+    print(f"rloo flipped: target share first third {first:.3f}, last third {last:.3f}")
+    assert last - first < MARGIN and last < first

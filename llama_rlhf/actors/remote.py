@@ -374,7 +374,7 @@ class CriticGroup(RankGroup):
             lambda r, b: r.value_step.remote(b, mb, clip_range, seed, micro_batch_size), batch.shard(self.n)))
 
 
-def start_groups(cluster, placement, with_critic: bool,
+def start_groups(cluster, placement, ppo: tuple[str, ...],
                  note: Callable[[str], None] | None = None) -> tuple[dict[str, RankGroup], Colocation]:
     """Every DeepSpeed role of the job as a group of `cluster.<role>.ranks` ranks, placed by `placement`
     (orchestrator/cluster.py), sized and sharded by its own `cluster.<role>` section. Returns the groups by
@@ -388,7 +388,8 @@ def start_groups(cluster, placement, with_critic: bool,
     groups = {"policy": make(PolicyGroup, "policy"),
               "rm_helpful": make(RewardGroup, "rm_helpful", "helpful"),
               "rm_safety": make(RewardGroup, "rm_safety", "safety")}
-    if with_critic:
+    if "reference" in ppo:
         groups["reference"] = make(ReferenceGroup, "reference")
+    if "critic" in ppo:
         groups["critic"] = make(CriticGroup, "critic")
     return groups, colocation

@@ -47,6 +47,17 @@ def gae(
     return advantages, (advantages + values) * mask
 
 
+def leave_one_out(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO's baseline-subtracted scores (Kool et al. 2019; Ahmadian et al. 2024): each score minus the
+    mean of the other `group_size - 1` scores of its group. (B,) -> (B,), groups consecutive (response j
+    of prompt i at i * group_size + j)."""
+    if group_size < 2 or scores.numel() % group_size:
+        raise ValueError(f"leave_one_out: {scores.numel()} scores do not split into groups of {group_size} >= 2")
+    g = scores.view(-1, group_size)
+    baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
+    return (g - baseline).reshape(scores.shape)
+
+
 def whiten_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Advantages normalised to mean 0 / std 1 over the masked tokens of the batch, 0 off the mask."""
     return masked_whiten(advantages, mask, shift_mean=True) * mask

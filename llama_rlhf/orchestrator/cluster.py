@@ -67,14 +67,22 @@ def _loopback_only(env: dict) -> None:
                NCCL_SOCKET_IFNAME="lo")
 
 
-def roles_in_use(cluster: ClusterConfig, with_critic: bool) -> list[str]:
-    """The DeepSpeed roles the job starts (the reference and critic exist only for PPO)."""
-    return [r for r in ROLE_NAMES if with_critic or r not in ("reference", "critic")]
+def ppo_roles(cfg) -> tuple[str, ...]:
+    """The roles only PPO needs: none when no version runs PPO (`iterations.rs_only_until`), else the
+    reference (pi_0) and, unless the advantages are critic-free (`ppo.advantage: rloo`), the critic."""
+    if cfg.iterations.num_versions <= cfg.iterations.rs_only_until:
+        return ()
+    return ("reference", "critic") if cfg.ppo.advantage == "gae" else ("reference",)
 
 
-def gpu_layout(cluster: ClusterConfig, with_critic: bool) -> tuple[int, dict[str, int]]:
+def roles_in_use(cluster: ClusterConfig, ppo: tuple[str, ...]) -> list[str]:
+    """The DeepSpeed roles the job starts: every role but the reference and critic, and of those the `ppo` ones."""
+    return [r for r in ROLE_NAMES if r in ppo or r not in ("reference", "critic")]
+
+
+def gpu_layout(cluster: ClusterConfig, ppo: tuple[str, ...]) -> tuple[int, dict[str, int]]:
     """(bundles, GPUs of their own per role) on a GPU cluster: the arithmetic `plan` and `create` share."""
-    roles = roles_in_use(cluster, with_critic)
+    roles = roles_in_use(cluster, ppo)
     tp, engines = cluster.rollout.tensor_parallel_size, cluster.rollout.engines
     if cluster.placement == "colocated":
         return cluster.policy.ranks, {"policy": cluster.policy.ranks}
@@ -113,30 +121,30 @@ class Placement:
     """Set by `actors.remote.start_groups`: the switch the rollout group joins."""
 
     @classmethod
-    def create(cls, cluster: ClusterConfig, with_critic: bool, timeout_s: float = 600) -> Placement:
+    def create(cls, cluster: ClusterConfig, ppo: tuple[str, ...], timeout_s: float = 600) -> Placement:
         if not cluster.gpu:
             return cls(cluster)  # CPU: fractional CPUs, no reservation needed
-        n_bundles, _ = gpu_layout(cluster, with_critic)
-        per_gpu = len(cls._sharers(cluster, with_critic))
+        n_bundles, _ = gpu_layout(cluster, ppo)
+        per_gpu = len(cls._sharers(cluster, ppo))
         bundle = {"GPU": 1, "CPU": cluster.cpus_per_actor * per_gpu}
         pg = placement_group([dict(bundle) for _ in range(n_bundles)], strategy="PACK")
         ray.get(pg.ready(), timeout=timeout_s)
         nodes = placement_group_table(pg)["bundles_to_node_id"]
-        return cls.assign(cluster, with_critic, [nodes[b] for b in range(n_bundles)], pg)
+        return cls.assign(cluster, ppo, [nodes[b] for b in range(n_bundles)], pg)
 
     @staticmethod
-    def _sharers(cluster: ClusterConfig, with_critic: bool) -> list[str]:
+    def _sharers(cluster: ClusterConfig, ppo: tuple[str, ...]) -> list[str]:
         """The actor kinds that share one GPU at most (colocated: every role and the engines)."""
         if cluster.placement == "colocated":
-            return roles_in_use(cluster, with_critic) + ["rollout"]
-        shared = cluster.colocate_policy_reference and with_critic
+            return roles_in_use(cluster, ppo) + ["rollout"]
+        shared = cluster.colocate_policy_reference and "reference" in ppo
         return ["policy", "reference"] if shared else ["policy"]
 
     @classmethod
-    def assign(cls, cluster: ClusterConfig, with_critic: bool, bundle_nodes: list[str], pg=None) -> Placement:
+    def assign(cls, cluster: ClusterConfig, ppo: tuple[str, ...], bundle_nodes: list[str], pg=None) -> Placement:
         """The bundle of every rank and engine, given the node of each bundle (pure: tested without Ray)."""
         tp, n_eng = cluster.rollout.tensor_parallel_size, cluster.rollout.engines
-        roles = roles_in_use(cluster, with_critic)
+        roles = roles_in_use(cluster, ppo)
         engines = tp_groups(bundle_nodes, tp, n_eng)
         index: dict[str, list[int]] = {}
         if cluster.placement == "colocated":
@@ -146,7 +154,7 @@ class Placement:
             for r in roles:
                 index[r] = order[: cluster.role(r).ranks]
             # Ray counts GPU fractions in 1e-4 units: round down so that the shares fit in one GPU
-            share = int(1e4 / len(cls._sharers(cluster, with_critic))) / 1e4
+            share = int(1e4 / len(cls._sharers(cluster, ppo))) / 1e4
             shares = dict.fromkeys(roles + ["rollout"], share)
         else:
             taken = {b for g in engines for b in g}

@@ -77,7 +77,7 @@ def _context(cfg: Config, run: RunDir, progress, clock: Clock | None = None):
 
     from llama_rlhf.data.mix import TARGETS, mix_counts, mix_metrics
     from llama_rlhf.models import check_init_checkpoint
-    from llama_rlhf.orchestrator.cluster import Placement, start_ray
+    from llama_rlhf.orchestrator.cluster import Placement, ppo_roles, start_ray
     from llama_rlhf.orchestrator.datasets import load_datasets, pair_batch
     from llama_rlhf.orchestrator.stages import Context
     from llama_rlhf.tokenizer import load_tokenizer, tokenizer_from_config
@@ -98,8 +98,7 @@ def _context(cfg: Config, run: RunDir, progress, clock: Clock | None = None):
         progress.note(line)
     with clock("start-up: Ray"):
         start_ray(cfg.cluster)
-    with_critic = cfg.iterations.num_versions > cfg.iterations.rs_only_until
-    placement = Placement.create(cfg.cluster, with_critic)
+    placement = Placement.create(cfg.cluster, ppo_roles(cfg))
     ctx = Context(cfg, run, tok, data, placement, progress=progress, clock=clock)
     r = cfg.reward  # the RM data mix per source, in the metrics as well as printed above
     ctx.log("data", 0, {k: n for t in TARGETS for k, n in mix_metrics(
@@ -107,7 +106,7 @@ def _context(cfg: Config, run: RunDir, progress, clock: Clock | None = None):
     with clock("start-up: data"):
         ctx.rm_eval_pairs = _rm_eval_pairs(ctx, pair_batch)
     with clock("start-up: training actors"):
-        _start_actors(ctx, with_critic)
+        _start_actors(ctx)
     progress.note(f"run folder {run.root}; vocab {tok.vocab_size}; {len(data.sft)} SFT, "
                   f"{len(data.preferences)} preference pairs, {len(data.rlhf_prompts)} RLHF prompts, "
                   f"{len(data.eval_prompts)} eval prompts")
@@ -130,15 +129,15 @@ def _rm_eval_pairs(ctx, pair_batch) -> dict:
             "safety": pair_batch(ctx.tok, [p for p in prefs if p.is_safety], max_len)}
 
 
-def _start_actors(ctx, with_critic: bool) -> None:
+def _start_actors(ctx) -> None:
     from llama_rlhf.actors.remote import start_groups
+    from llama_rlhf.orchestrator.cluster import ppo_roles
 
     note = ctx.progress.note if ctx.progress else None
-    groups, ctx.placement.colocation = start_groups(ctx.cfg.cluster, ctx.placement, with_critic, note)
+    groups, ctx.placement.colocation = start_groups(ctx.cfg.cluster, ctx.placement, ppo_roles(ctx.cfg), note)
     ctx.policy = groups["policy"]
     ctx.rm = {"helpful": groups["rm_helpful"], "safety": groups["rm_safety"]}
-    if with_critic:
-        ctx.reference, ctx.critic = groups["reference"], groups["critic"]
+    ctx.reference, ctx.critic = groups.get("reference"), groups.get("critic")
     _write_actors(ctx)
 
 

@@ -14,7 +14,7 @@ from llama_rlhf.actors.batches import PPOBatch, sequence_batch
 from llama_rlhf.actors.remote import gather
 from llama_rlhf.algorithms.bootstrap import paired_diff_ci
 from llama_rlhf.algorithms.masked import masked_mean
-from llama_rlhf.algorithms.ppo import gae, whiten_advantages
+from llama_rlhf.algorithms.ppo import gae, leave_one_out, whiten_advantages
 from llama_rlhf.algorithms.shaping import ppo_scores, shaped_rewards
 from llama_rlhf.orchestrator import ppo_state
 from llama_rlhf.orchestrator.datasets import prompt_token_ids
@@ -46,46 +46,52 @@ def rm_reward(ctx: Context, prompts, prompt_ids, responses) -> tuple[torch.Tenso
 def ppo_iteration(ctx: Context, version: int, it: int, reward_fn: RewardFn = rm_reward) -> dict:
     cfg, tok = ctx.cfg, ctx.tok
     p = cfg.ppo
+    k, critic = p.samples_per_prompt, p.advantage == "gae"
     seed = stage_seed(cfg.run.seed, "ppo", version, it)
-    prompts = random.Random(seed).sample(ctx.data.rlhf_prompts, min(p.batch_size, len(ctx.data.rlhf_prompts)))
-    prompt_ids = prompt_token_ids(tok, prompts, ctx.max_prompt_len, ctx.truncation)
+    drawn = random.Random(seed).sample(ctx.data.rlhf_prompts, min(p.batch_size // k, len(ctx.data.rlhf_prompts)))
+    drawn_ids = prompt_token_ids(tok, drawn, ctx.max_prompt_len, ctx.truncation)
 
-    # 1. rollout with the current policy (vLLM)
+    # 1. rollout with the current policy (vLLM): k responses per prompt, a prompt's responses adjacent
     with ctx.clock(GENERATE):
-        outs = ctx.rollout.generate(prompt_ids, 1, p.temperature, p.top_p, p.max_new_tokens, seed)
-    responses = [o[0].token_ids for o in outs]
+        outs = ctx.rollout.generate(drawn_ids, k, p.temperature, p.top_p, p.max_new_tokens, seed)
+    samples = [s for o in outs for s in o]
+    prompts, prompt_ids = [q for q in drawn for _ in range(k)], [ids for ids in drawn_ids for _ in range(k)]
+    responses = [s.token_ids for s in samples]
     seq = sequence_batch(prompt_ids, responses, tok.pad_id)
     mask = seq.response_mask.float()
 
     # 2. score: both reward models, the reference and the current policy, the critic (all at once)
     with ctx.clock("score: PPO (reward models, policy, reference, critic)"):
-        (scores, reward_metrics), logp, ref_logp, values = gather(
+        (scores, reward_metrics), logp, ref_logp, *values = gather(
             lambda: reward_fn(ctx, prompts, prompt_ids, responses), lambda: ctx.policy.logprobs(seq),
-            lambda: ctx.reference.logprobs(seq), lambda: ctx.critic.values(seq))
+            lambda: ctx.reference.logprobs(seq), *([lambda: ctx.critic.values(seq)] if critic else []))
+    values = values[0] if critic else torch.zeros_like(mask)
 
     # 3. shape: R = WHITEN(LOGIT(Rc)) on the last token - beta * KL(pi || pi_0) on every token
-    rewards, kl = shaped_rewards(scores, logp, ref_logp, mask, p.kl_coef, p.kl_estimator)
+    #    (rloo: the score less the mean of the other responses' scores to the same prompt)
+    rewards, kl = shaped_rewards(scores if critic else leave_one_out(scores, k), logp, ref_logp, mask, p.kl_coef,
+                                 p.kl_estimator)
 
-    # 4. advantages (GAE), whitened over the batch's response tokens
-    advantages, returns = gae(rewards, values, mask, p.gamma, p.lam)
+    # 4. advantages (GAE on the critic's values; rloo: returns-to-go, values 0), whitened over the batch's tokens
+    advantages, returns = gae(rewards, values, mask, p.gamma, p.lam if critic else 1.0)
     advantages = whiten_advantages(advantages, mask)
 
     # 5. update policy and critic: one gradient step per minibatch
     batch = PPOBatch(seq.input_ids, seq.attention_mask, seq.response_mask, logp, advantages, values, returns)
     with ctx.clock("train: PPO (policy and critic)"):
-        pm, cm = gather(
+        pm, *cm = gather(
             lambda: ctx.policy.ppo_step(batch, p.minibatch_size, p.clip_range, seed, p.micro_batch_size),
-            lambda: ctx.critic.value_step(batch, p.minibatch_size, p.value_clip_range, seed,
-                                          p.micro_batch_size))
+            *([lambda: ctx.critic.value_step(batch, p.minibatch_size, p.value_clip_range, seed,
+                                             p.micro_batch_size)] if critic else []))
 
     # 6. the rollout engines get the new weights
     sync = sync_rollout(ctx)
 
-    vllm_logp = [torch.tensor(o[0].logprobs) for o in outs]
+    vllm_logp = [torch.tensor(s.logprobs) for s in samples]
     gap = max((float((a - logp[i, : len(a)]).abs().max()) for i, a in enumerate(vllm_logp) if len(a)), default=0.0)
     return {
         **reward_metrics, "kl": float(masked_mean(kl, mask)), "response_len": float(mask.sum(1).mean()),
-        "rollout/logprob_gap": gap, **pm, **{f"critic/{k}": v for k, v in cm.items()},
+        "rollout/logprob_gap": gap, **pm, **{f"critic/{n}": v for m in cm for n, v in m.items()},
         "sync/mb_per_s": sync.get("mb_per_s", 0.0),
     }
 
@@ -117,7 +123,8 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
         reward_fn: RewardFn = rm_reward) -> dict:
     """PPO from the RS checkpoint of this version; pi_0 (the KL anchor) is loaded from `reference_path`
     (`ppo.reference`), the critic from `critic_init_path` (`ppo.critic_init`: the helpfulness RM, or the
-    body of `init_path` with a fresh head). Early stopping on the held-out reward when configured."""
+    body of `init_path` with a fresh head; unused with `ppo.advantage: rloo`). Early stopping on the held-out
+    reward when configured."""
     cfg = ctx.cfg
     p = cfg.ppo
     stage = f"v{version}/ppo"
@@ -125,8 +132,9 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
         ctx.policy.load(model_spec(ctx, "causal", init_path, stage),
                         optim_spec(cfg, p.lr, p.iterations, 0, "constant"))
         ctx.reference.load(model_spec(ctx, "causal", reference_path, stage + "/ref"))
-        ctx.critic.load(model_spec(ctx, "scalar", critic_init_path, stage + "/critic"),
-                        optim_spec(cfg, p.critic_lr, p.iterations, 0, "constant"))
+        if p.advantage == "gae":  # rloo: no critic
+            ctx.critic.load(model_spec(ctx, "scalar", critic_init_path, stage + "/critic"),
+                            optim_spec(cfg, p.critic_lr, p.iterations, 0, "constant"))
     # the engines already serve the RS checkpoint PPO starts from: the pipeline published it
     task = ctx.progress.add(stage, p.iterations) if ctx.progress else None
     best, since_best, history, start = float("-inf"), 0, [], 0

@@ -1,8 +1,9 @@
 """PPO's sharded training state, saved every `ppo.checkpoint_every` iterations so that a crash mid-version
 resumes PPO from its last saved iteration instead of repeating the version's PPO.
 
-One folder per version, `ckpt/v<N>_ppo_state/`: the policy's and the critic's DeepSpeed checkpoints (each
-rank writes its own weight and optimizer shards: no process gathers the model) plus `loop.json`, the PPO
+One folder per version, `ckpt/v<N>_ppo_state/`: the policy's and the critic's DeepSpeed checkpoints (no critic
+with `ppo.advantage: rloo`; each rank writes its own weight and optimizer shards: no process gathers the
+model) plus `loop.json`, the PPO
 loop's own state (next iteration, early-stopping counters, the metrics so far). It is written into
 `<folder>.tmp` and renamed into place, so a kill during a save leaves the previous state intact. The
 reference, the reward models and the rollout engines are not saved: the first two are frozen checkpoints
@@ -22,12 +23,17 @@ def _name(version: int) -> str:
     return f"v{version}_ppo_state"
 
 
+def _has_critic(ctx) -> bool:
+    return ctx.cfg.ppo.advantage == "gae"  # rloo: critic-free
+
+
 def save(ctx, version: int, loop: dict) -> None:
     """Collective on both groups; `loop` = {"next": iteration to run next, ...} (plain JSON)."""
     run = ctx.run
     tmp = run.staging(_name(version))
     ctx.policy.save_state(str(tmp / "policy"))
-    ctx.critic.save_state(str(tmp / "critic"))
+    if _has_critic(ctx):
+        ctx.critic.save_state(str(tmp / "critic"))
     (tmp / "loop.json").write_text(json.dumps(loop))
     run.commit(_name(version))
 
@@ -40,7 +46,8 @@ def restore(ctx, version: int) -> dict | None:
         return None
     loop = json.loads((folder / "loop.json").read_text())
     ctx.policy.load_state(str(folder / "policy"))
-    ctx.critic.load_state(str(folder / "critic"))
+    if _has_critic(ctx):
+        ctx.critic.load_state(str(folder / "critic"))
     return loop
 
 

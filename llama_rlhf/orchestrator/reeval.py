@@ -108,7 +108,7 @@ def _each_policy(cfg, run: RunDir, judge, line) -> list[tuple[str, dict]]:
 
     policies = saved_policies(run)
     start_ray(cfg.cluster)
-    placement = Placement.create(cfg.cluster, with_critic=False)
+    placement = Placement.create(cfg.cluster, ppo=())
     results: list[tuple[str, dict]] = []
     try:
         for name, path in policies:

@@ -489,9 +489,9 @@ def main() -> None:
         big.kill()
     ray.shutdown()
     if "rl" in only:  # the pipeline's own actors, in a Ray of their own
-        from compare_rl import rl_pair
+        from compare_rl import rl_pairs
 
-        done.append(rl_pair(a, work, Pair))
+        done += rl_pairs(a, work, Pair)
     print_table(done, (load0, os.getloadavg()[0]))
 
 

@@ -17,6 +17,10 @@ What ours does more: a critic (one more forward and a backward), a weight sync i
 What TRL does more: nothing this pair measures; it runs everything in one process, nothing crosses a
 process boundary.
 
+A second row runs ours critic-free (`ppo.advantage: rloo`, 2 responses per prompt, GRPO's shape) on the same
+actors against the same TRL steps: what is left over GRPO is the policy's own log-probs before the update
+(the KL penalty sits in the reward) and the weight sync.
+
 The unit is responses per second (generated, scored and trained on); prompts/s are half that for GRPO.
 """
 
@@ -57,14 +61,17 @@ def ours_ppo(a, work: Path):
         ctx.rm[k].load(S.model_spec(ctx, "scalar", init, f"rm_{k}"))
     S.sync_rollout(ctx)  # the sync group is built before the first timed iteration
     its = iter(range(10**6))
+    # the critic-free variant on the same actors: GRPO's group shape (2 responses per prompt), no critic call
+    rloo = cfg.model_copy(update={"ppo": p.model_copy(update={"advantage": "rloo", "samples_per_prompt": 2})})
 
-    def one():
+    def one(c):
+        ctx.cfg = c
         t0 = time.perf_counter()
         m = ppo_iteration(ctx, 1, next(its))
         return time.perf_counter() - t0, m["response_len"]
 
-    def run(steps: int):
-        runs = sorted((one() for _ in range(steps)), key=lambda r: r[0])
+    def run(steps: int, critic_free: bool = False):
+        runs = sorted((one(rloo if critic_free else cfg) for _ in range(steps)), key=lambda r: r[0])
         seconds, length = runs[len(runs) // 2]
         return a.prompts / seconds, length
 
@@ -116,26 +123,37 @@ def trl_grpo(a, tok, init: str, texts: list[str], work: Path):
     return run
 
 
-def rl_pair(a, work: Path, Pair):
-    """Warm-up, then `a.repeats` x (ours, theirs) back to back; returns the filled `Pair`."""
+def rl_pairs(a, work: Path, Pair):
+    """Warm-up, then `a.repeats` x (ours with a critic, ours critic-free, theirs) back to back; returns the
+    two filled `Pair`s (the same TRL figures on both)."""
     run_ours, close, init, texts, tok, clock = ours_ppo(a, work)
     try:
         run_theirs = trl_grpo(a, tok, init, texts, work)
-        pair = Pair("RL iteration", "responses/s", f"{a.prompts} responses x<={a.max_new} new, 2 RMs + ref",
-                    "TRL GRPOTrainer (HF generate)")
+        shape, theirs = f"{a.prompts} responses x<={a.max_new} new, 2 RMs + ref", "TRL GRPOTrainer (HF generate)"
+        pair = Pair("RL iteration", "responses/s", shape, theirs)
+        free = Pair("RL iteration critic-free (RLOO)", "responses/s", f"{a.prompts // 2} prompts x 2, 2 RMs + ref",
+                    theirs)
         run_ours(1)
+        run_ours(1, critic_free=True)
         run_theirs(1)
-        before = dict(clock.totals)
+        totals = {False: {}, True: {}}  # our seconds per phase, with and without the critic
         for r in range(a.repeats):
-            (o, ol), (t, tl) = run_ours(a.steps), run_theirs(a.steps)
-            pair.ours.append(o)
+            for critic_free, target in ((False, pair), (True, free)):
+                before = dict(clock.totals)
+                o, ol = run_ours(a.steps, critic_free)
+                target.ours.append(o)
+                for k, v in clock.totals.items():
+                    totals[critic_free][k] = totals[critic_free].get(k, 0.0) + v - before.get(k, 0.0)
+            t, tl = run_theirs(a.steps)
             pair.theirs.append(t)
-            print(f"  RL iteration repeat {r + 1}: ours {o:,.1f} responses/s ({ol:.0f} new tokens each), "
-                  f"TRL GRPO {t:,.1f} responses/s ({tl:.0f} new tokens each)", flush=True)
+            free.theirs.append(t)
+            print(f"  RL iteration repeat {r + 1}: ours {pair.ours[-1]:,.1f} responses/s with the critic, "
+                  f"{o:,.1f} critic-free ({ol:.0f} new tokens each), TRL GRPO {t:,.1f} responses/s "
+                  f"({tl:.0f} new tokens each)", flush=True)
         its = a.repeats * a.steps
-        print("  our RL iteration, ms per phase (mean): " + ", ".join(
-            f"{k} {(v - before.get(k, 0.0)) / its * 1000:.0f}" for k, v in clock.totals.items()
-            if v - before.get(k, 0.0) > 0), flush=True)
-        return pair
+        for critic_free, name in ((False, "with the critic"), (True, "critic-free")):
+            print(f"  our RL iteration {name}, ms per phase (mean): " + ", ".join(
+                f"{k} {v / its * 1000:.0f}" for k, v in totals[critic_free].items() if v > 0), flush=True)
+        return [pair, free]
     finally:
         close()

@@ -22,7 +22,7 @@ def test_compare_runs_every_pair_and_prints_the_ratios(tmp_path):
     last = out.stdout.strip().splitlines()[-1]
     ratios = dict(re.findall(r"(?:^|, )(.+?) ([0-9.]+)x(?=, |$)", last.removeprefix("ratios (ours/theirs): ")))
     assert set(ratios) == {"SFT", "RM", "two RMs together", "rollout", "rollout 8 prompts", "sync (before)",
-                           "weight sync", "RL iteration"}, last
+                           "weight sync", "RL iteration", "RL iteration critic-free (RLOO)"}, last
     assert all(float(v) > 0 for v in ratios.values()), last
 
 

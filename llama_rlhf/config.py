@@ -273,6 +273,11 @@ class PPOConfig(_Cfg):
     near 0, the scale of whitened returns; the RM's head speaks the RM's logit scale instead). Measured on
     the demo's V5 (`configs/local.yaml`, 8 iterations): value loss 3.64 -> 2.60 from the RM, 0.96 -> 0.54
     from the policy; held-out Rc change -0.004 [-0.014, +0.005] and -0.002 [-0.011, +0.004]."""
+    critic_warmup_iterations: int = Field(0, ge=0)
+    """The first this many PPO iterations of a version train the critic alone on the policy's rollouts
+    (the policy, and so the rollout engines, unchanged), so the policy's first steps get advantages from
+    a critic fitted to its returns (OpenRLHF's `freezing_actor_steps`); they count in `iterations`.
+    0 = off (the paper says nothing of it). Needs `advantage: gae`."""
     early_stop_patience: int = Field(0, ge=0)
     """Stop after this many held-out evaluations without improvement; 0 = off."""
     eval_every: int = Field(50, gt=0)

@@ -35,6 +35,12 @@ def _ppo_errors(p) -> list[str]:
     if p.advantage == "rloo" and p.samples_per_prompt < 2:
         errors.append("ppo.samples_per_prompt: the rloo advantage needs >= 2 responses per prompt (each one's "
                       f"baseline is the others' mean), got {p.samples_per_prompt}")
+    if p.advantage == "rloo" and p.critic_warmup_iterations:
+        errors.append(f"ppo.critic_warmup_iterations: the rloo advantage has no critic to warm up, got "
+                      f"{p.critic_warmup_iterations}")
+    if p.critic_warmup_iterations >= p.iterations:
+        errors.append(f"ppo.critic_warmup_iterations: must be < ppo.iterations ({p.iterations}) or the policy "
+                      f"never trains, got {p.critic_warmup_iterations}")
     return errors
 
 

@@ -79,6 +79,10 @@ def test_ppo_groups_check():
         build_config({}, ["ppo.samples_per_prompt=3"])
     with pytest.raises(ConfigError, match="ppo.samples_per_prompt: the rloo advantage needs >= 2"):
         build_config({}, ["ppo.advantage=rloo"])
+    with pytest.raises(ConfigError, match="ppo.critic_warmup_iterations: the rloo advantage has no critic"):
+        build_config({}, ["ppo.advantage=rloo", "ppo.samples_per_prompt=2", "ppo.critic_warmup_iterations=2"])
+    with pytest.raises(ConfigError, match=r"ppo.critic_warmup_iterations: must be < ppo.iterations \(8\)"):
+        build_config({}, ["ppo.iterations=8", "ppo.critic_warmup_iterations=8"])
     cfg = build_config({}, ["ppo.advantage=rloo", "ppo.samples_per_prompt=4"])
     assert (cfg.ppo.advantage, cfg.ppo.samples_per_prompt) == ("rloo", 4)
     from llama_rlhf.orchestrator.cluster import ppo_roles

@@ -66,10 +66,11 @@ def ppo_runs(tmp_path_factory):
         critic = ctx.critic
         for version, (name, sign, beta, iters, rloo) in enumerate(
                 [("learn", 1.0, 0.01, ITERS, {}), ("flipped", -1.0, 0.01, 4, {}), ("large_beta", 1.0, 1.0, 4, {}),
-                 ("rloo", 1.0, 0.01, ITERS, RLOO), ("rloo_flipped", -1.0, 0.01, 4, RLOO)], start=1):
+                 ("rloo", 1.0, 0.01, ITERS, RLOO), ("rloo_flipped", -1.0, 0.01, 4, RLOO),
+                 ("warmup", 1.0, 0.01, 3, {"critic_warmup_iterations": 2})], start=1):
             ctx.cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(
                 update={"kl_coef": beta, "iterations": iters, **rloo})})
-            ctx.critic = None if rloo else critic  # critic-free: any call to the critic would fail
+            ctx.critic = None if rloo.get("advantage") else critic  # critic-free: a call to the critic would fail
             pipeline._serve(ctx, S, init)
             ppo(ctx, version, init, init, init, reward_fn=_target_share(sign))
             results[name] = [r for r in run.metrics() if r["stage"] == f"v{version}/ppo"]
@@ -111,3 +112,15 @@ def test_critic_free_rloo_flipped_fails(ppo_runs):
     first, last = _thirds(ppo_runs["rloo_flipped"])
     print(f"rloo flipped: target share first third {first:.3f}, last third {last:.3f}")
     assert last - first < MARGIN and last < first
+
+
+def test_critic_warmup_trains_the_critic_alone_first(ppo_runs):
+    """`ppo.critic_warmup_iterations=2` of 3: the first two iterations step the critic only, so the policy
+    (and the engine that samples the third batch) is still pi_0: KL 0 through the third iteration's scoring;
+    the third steps both."""
+    rows = sorted(ppo_runs["warmup"], key=lambda r: r["step"])
+    rows = [r for r in rows if "kl" in r]
+    assert [any(k.startswith("critic/") for k in r) for r in rows] == [True, True, True]
+    assert [any(k.startswith("policy/") for k in r) for r in rows] == [False, False, True]
+    print("KL per iteration with 2 warm-up iterations:", [f"{r['kl']:.2e}" for r in rows])
+    assert all(abs(r["kl"]) < 1e-6 for r in rows)

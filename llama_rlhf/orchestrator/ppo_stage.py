@@ -76,22 +76,25 @@ def ppo_iteration(ctx: Context, version: int, it: int, reward_fn: RewardFn = rm_
     advantages, returns = gae(rewards, values, mask, p.gamma, p.lam if critic else 1.0)
     advantages = whiten_advantages(advantages, mask)
 
-    # 5. update policy and critic: one gradient step per minibatch
+    # 5. update policy and critic: one gradient step per minibatch (the critic alone while it warms up)
     batch = PPOBatch(seq.input_ids, seq.attention_mask, seq.response_mask, logp, advantages, values, returns)
+    policy = it >= p.critic_warmup_iterations
     with ctx.clock("train: PPO (policy and critic)"):
-        pm, *cm = gather(
-            lambda: ctx.policy.ppo_step(batch, p.minibatch_size, p.clip_range, seed, p.micro_batch_size),
+        steps = gather(
+            *([lambda: ctx.policy.ppo_step(batch, p.minibatch_size, p.clip_range, seed, p.micro_batch_size)]
+              if policy else []),
             *([lambda: ctx.critic.value_step(batch, p.minibatch_size, p.value_clip_range, seed,
                                              p.micro_batch_size)] if critic else []))
+    pm, cm = (steps[0] if policy else {}), (steps[-1] if critic else {})
 
     # 6. the rollout engines get the new weights
-    sync = sync_rollout(ctx)
+    sync = sync_rollout(ctx) if policy else {}
 
     vllm_logp = [torch.tensor(s.logprobs) for s in samples]
     gap = max((float((a - logp[i, : len(a)]).abs().max()) for i, a in enumerate(vllm_logp) if len(a)), default=0.0)
     return {
         **reward_metrics, "kl": float(masked_mean(kl, mask)), "response_len": float(mask.sum(1).mean()),
-        "rollout/logprob_gap": gap, **pm, **{f"critic/{n}": v for m in cm for n, v in m.items()},
+        "rollout/logprob_gap": gap, **pm, **{f"critic/{n}": v for n, v in cm.items()},
         "sync/mb_per_s": sync.get("mb_per_s", 0.0),
     }
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama_rlhf.algorithms.rejection import RejectionArchive, best_of_k, pick_quality
+from llama_rlhf.algorithms.rejection import RejectionArchive, best_of_k, pick_quality, within_prompt_share
 
 
 def test_best_of_k_ties_and_nan():
@@ -17,6 +17,20 @@ def test_best_of_k_ties_and_nan():
     idx, best = best_of_k(rewards)
     assert idx.tolist() == [1, 1, 0, 0]
     assert best[:3].tolist() == [3.0, -1.0, 2.0] and best[3].item() == -math.inf
+
+
+def test_within_prompt_share_hand_and_statistics():
+    """Hand cases (all spread inside prompts: 1; none: 0), and the law of total variance against numpy-free
+    sums: within + between = total."""
+    assert within_prompt_share(torch.tensor([[0.0, 2.0], [0.0, 2.0]])) == pytest.approx(1.0)
+    assert within_prompt_share(torch.tensor([[1.0, 1.0], [3.0, 3.0]])) == pytest.approx(0.0)
+    assert within_prompt_share(torch.ones(3, 4)) == 0.0
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0)) + torch.randn(50, 1) * 3
+    flat = [float(v) for v in x.flatten()]
+    mean = sum(flat) / len(flat)
+    total = sum((v - mean) ** 2 for v in flat) / len(flat)
+    between = sum((float(r.mean()) - mean) ** 2 for r in x) / len(x)
+    assert within_prompt_share(x) == pytest.approx(1 - between / total, rel=1e-6)
 
 
 def _hand_archive() -> RejectionArchive:

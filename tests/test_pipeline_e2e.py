@@ -126,6 +126,7 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
         assert q["random"] <= q["best"] and q["picked"] <= q["best"] and q["pairs"] > 0 and 0 <= q["agreement"] <= 1
         assert q["gain_ci"][0] <= q["gain"] <= q["gain_ci"][1]
     assert 0.0 <= res["v1"]["rs_benign_gated"] <= 1.0 and "benign samples gated to Rs" in report
+    assert 0.0 <= res["v1"]["rs_within_prompt"] <= 1.0 and "variance within prompts" in report
     picks = report.split("Rc orders a pair as gold")[1].split("###")[0]
     assert "| RLHF-V1 | benign (helpfulness) |" in picks and "| random pick (V1 control) | benign" in picks
     for name in ("gold_helpfulness", "gold_safety", "false_refusal"):

@@ -35,6 +35,16 @@ def best_of_k(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, best
 
 
+def within_prompt_share(scores: torch.Tensor) -> float:
+    """The share of the variance of (P, K) scores (K samples of each of P prompts) that lies within prompts:
+    the mean over prompts of the (population) variance of its K scores, over the variance of all P * K.
+    It is what a per-prompt baseline (RLOO's leave-one-out mean) leaves to learn from; the rest lies
+    between prompts, and a critic has to predict it per prompt for its advantages to rise above that noise."""
+    scores = scores.double()
+    total = scores.var(unbiased=False)
+    return float(scores.var(dim=1, unbiased=False).mean() / total) if total > 0 else 0.0
+
+
 def pick_quality(gold: torch.Tensor, rewards: torch.Tensor, picked: torch.Tensor) -> dict[str, float]:
     """How good a pick of one sample in K is by an outside measure `gold` (N, K) that the reward never saw.
 

@@ -12,7 +12,8 @@ from typing import NamedTuple
 import torch
 
 from llama_rlhf.actors.batches import sequence_batch
-from llama_rlhf.algorithms.rejection import best_of_k, pick_quality
+from llama_rlhf.algorithms.rejection import best_of_k, pick_quality, within_prompt_share
+from llama_rlhf.algorithms.shaping import logit
 from llama_rlhf.config import Config
 from llama_rlhf.data.loaders import write_jsonl
 from llama_rlhf.data.records import Prompt, SFTRecord
@@ -189,7 +190,7 @@ def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
     out = {"rs_temperature": temp, "rs_reward_mean": float(s.rewards.mean()), "rs_best_mean": float(s.picked_rc.mean()),
            "rs_gain": float(s.picked_rc.mean() - s.rewards.mean()), "archive_rescored": rescored,
            "archive_from_prior": len(chosen) - len(prompts), "pick_gold": gold_pick_quality(ctx, prompts, s),
-           "rs_benign_gated": s.gated}
+           "rs_benign_gated": s.gated, "rs_within_prompt": within_prompt_share(logit(s.rewards))}
     if ctx.cfg.safety.context_distillation:
         cd, out["context_distill_candidates"] = context_distillation(ctx, version)
         out["context_distill_kept"] = len(cd)
@@ -221,5 +222,5 @@ def random_pick_baseline(ctx: Context, init_path: str) -> dict:
                      seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
     return {"rs_temperature": temp, "picked_rc_mean": float(s.picked_rc.mean()),
             "rs_reward_mean": float(s.rewards.mean()), "pick_gold": gold_pick_quality(ctx, prompts, s),
-            "rs_benign_gated": s.gated,
+            "rs_benign_gated": s.gated, "rs_within_prompt": within_prompt_share(logit(s.rewards)),
             "train_samples": len(records), **cut, **{f"fit_{k}": v for k, v in fit.items()}}

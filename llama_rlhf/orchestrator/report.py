@@ -208,17 +208,20 @@ def _rs_results(run: RunDir) -> list[tuple[str, dict, bool]]:
 
 
 def rs_table(run: RunDir) -> str:
-    """Per version: the RS temperature, mean Rc of all samples vs the picked ones, the share of benign prompts'
-    samples whose Rc is their safety score (Rs under `ppo.safety_threshold`), the archive."""
-    rows = ["| version | T | Rc of all samples | Rc of the picks | benign samples gated to Rs | archive re-scored | "
-            "fine-tuning samples | GAtt dialogs | context distillation kept |", "|---|---|---|---|---|---|---|---|---|"]
+    """Per version: the RS temperature, mean Rc of all samples vs the picked ones, the share of LOGIT(Rc)'s
+    variance within prompts (`within_prompt_share`), the share of benign prompts' samples whose Rc is their
+    safety score (Rs under `ppo.safety_threshold`), the archive."""
+    rows = ["| version | T | Rc of all samples | Rc of the picks | variance within prompts | "
+            "benign samples gated to Rs | archive re-scored | fine-tuning samples | GAtt dialogs | "
+            "context distillation kept |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r, control in _rs_results(run):
         picks = r.get("picked_rc_mean" if control else "rs_best_mean")
         rest = (f"– | {r.get('train_samples')} | 0 | – |" if control else
                 f"{r.get('archive_rescored', 0)} | {r.get('train_samples')} | {r.get('gatt_dialogs', 0)} | "
                 f"{r.get('context_distill_kept', 0)}/{r.get('context_distill_candidates', 0)} |")
         rows.append(f"| {name} | {_fmt(r.get('rs_temperature'), 1)} | {_fmt(r.get('rs_reward_mean'))} | "
-                    f"{_fmt(picks)} | {_fmt(r.get('rs_benign_gated'))} | {rest}")
+                    f"{_fmt(picks)} | {_fmt(r.get('rs_within_prompt'))} | {_fmt(r.get('rs_benign_gated'))} | {rest}")
     return "\n".join(rows)
 
 
@@ -290,10 +293,15 @@ def body(run: RunDir) -> list[str]:
         kind_table(run), "", *_greedy_section(run)]
     return gold + ["### Reward models: held-out accuracy by rating level", "", rm_table(run), "",
                    "### Ghost Attention: instruction kept at turn t", "", gatt_table(run), "",
-                   "### Rejection sampling", "", rs_table(run), "", *_pick_section(run),
+                   "### Rejection sampling", "", rs_table(run), "", RS_NOTE, "", *_pick_section(run),
                    "### PPO (mean Rc of the batch; Rc on the held-out prompts before and after)", "",
                    ppo_table(run), "",
                    "### Where the wall time went", "", time_table(run), ""]
+
+
+RS_NOTE = ("Variance within prompts: the share of the variance of LOGIT(Rc) over the K samples of every prompt "
+           "that lies between samples of one prompt. A per-prompt baseline (`ppo.advantage=rloo`) keeps only that "
+           "part; the rest differs from prompt to prompt, and PPO's critic has to predict it per prompt.")
 
 
 def _pick_section(run: RunDir) -> list[str]:

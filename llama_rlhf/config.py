@@ -284,6 +284,11 @@ class PPOConfig(_Cfg):
     """Stop after this many held-out evaluations without improvement; 0 = off."""
     eval_every: int = Field(50, gt=0)
 
+    @property
+    def uses_critic(self) -> bool:
+        """Whether PPO has a critic to start, load, step and save: GAE does, rloo does not."""
+        return self.advantage == "gae"
+
 
 class SafetyConfig(_Cfg):
     context_distillation: bool = True

@@ -32,10 +32,10 @@ def _ppo_errors(p) -> list[str]:
     if p.batch_size % p.samples_per_prompt:
         errors.append(f"ppo.batch_size: must be a multiple of ppo.samples_per_prompt ({p.samples_per_prompt}) "
                       f"(it counts responses), got {p.batch_size}")
-    if p.advantage == "rloo" and p.samples_per_prompt < 2:
+    if not p.uses_critic and p.samples_per_prompt < 2:
         errors.append("ppo.samples_per_prompt: the rloo advantage needs >= 2 responses per prompt (each one's "
                       f"baseline is the others' mean), got {p.samples_per_prompt}")
-    if p.advantage == "rloo" and p.critic_warmup_iterations:
+    if not p.uses_critic and p.critic_warmup_iterations:
         errors.append(f"ppo.critic_warmup_iterations: the rloo advantage has no critic to warm up, got "
                       f"{p.critic_warmup_iterations}")
     if p.critic_warmup_iterations >= p.iterations:

@@ -72,7 +72,7 @@ def ppo_roles(cfg) -> tuple[str, ...]:
     reference (pi_0) and, unless the advantages are critic-free (`ppo.advantage: rloo`), the critic."""
     if cfg.iterations.num_versions <= cfg.iterations.rs_only_until:
         return ()
-    return ("reference", "critic") if cfg.ppo.advantage == "gae" else ("reference",)
+    return ("reference", "critic") if cfg.ppo.uses_critic else ("reference",)
 
 
 def roles_in_use(cluster: ClusterConfig, ppo: tuple[str, ...]) -> list[str]:

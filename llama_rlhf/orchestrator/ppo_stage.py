@@ -46,7 +46,7 @@ def rm_reward(ctx: Context, prompts, prompt_ids, responses) -> tuple[torch.Tenso
 def ppo_iteration(ctx: Context, version: int, it: int, reward_fn: RewardFn = rm_reward) -> dict:
     cfg, tok = ctx.cfg, ctx.tok
     p = cfg.ppo
-    k, critic = p.samples_per_prompt, p.advantage == "gae"
+    k, critic = p.samples_per_prompt, p.uses_critic
     seed = stage_seed(cfg.run.seed, "ppo", version, it)
     drawn = random.Random(seed).sample(ctx.data.rlhf_prompts, min(p.batch_size // k, len(ctx.data.rlhf_prompts)))
     drawn_ids = prompt_token_ids(tok, drawn, ctx.max_prompt_len, ctx.truncation)
@@ -135,7 +135,7 @@ def ppo(ctx: Context, version: int, init_path: str, reference_path: str, critic_
         ctx.policy.load(model_spec(ctx, "causal", init_path, stage),
                         optim_spec(cfg, p.lr, p.iterations, 0, "constant"))
         ctx.reference.load(model_spec(ctx, "causal", reference_path, stage + "/ref"))
-        if p.advantage == "gae":  # rloo: no critic
+        if p.uses_critic:
             ctx.critic.load(model_spec(ctx, "scalar", critic_init_path, stage + "/critic"),
                             optim_spec(cfg, p.critic_lr, p.iterations, 0, "constant"))
     # the engines already serve the RS checkpoint PPO starts from: the pipeline published it

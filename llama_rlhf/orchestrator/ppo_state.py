@@ -23,16 +23,12 @@ def _name(version: int) -> str:
     return f"v{version}_ppo_state"
 
 
-def _has_critic(ctx) -> bool:
-    return ctx.cfg.ppo.advantage == "gae"  # rloo: critic-free
-
-
 def save(ctx, version: int, loop: dict) -> None:
     """Collective on both groups; `loop` = {"next": iteration to run next, ...} (plain JSON)."""
     run = ctx.run
     tmp = run.staging(_name(version))
     ctx.policy.save_state(str(tmp / "policy"))
-    if _has_critic(ctx):
+    if ctx.cfg.ppo.uses_critic:
         ctx.critic.save_state(str(tmp / "critic"))
     (tmp / "loop.json").write_text(json.dumps(loop))
     run.commit(_name(version))
@@ -46,7 +42,7 @@ def restore(ctx, version: int) -> dict | None:
         return None
     loop = json.loads((folder / "loop.json").read_text())
     ctx.policy.load_state(str(folder / "policy"))
-    if _has_critic(ctx):
+    if ctx.cfg.ppo.uses_critic:
         ctx.critic.load_state(str(folder / "critic"))
     return loop
 

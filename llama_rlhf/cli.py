@@ -2,7 +2,7 @@
 
     llama-rlhf run configs/local.yaml [dotted.key=value ...]   # the whole pipeline into runs/<name>
     llama-rlhf resume runs/local                               # continue a stopped run
-    llama-rlhf eval runs/local [--temperature 0] [--gatt-dialogs 128]  # the gold table; or re-judge saved policies
+    llama-rlhf eval runs/local [--temperature 0 1] [--gatt-dialogs 128]  # the gold table; or re-judge saved policies
     llama-rlhf report runs/local [--readme README.md]          # rebuild report.md, plots (and README's demo tables)
     llama-rlhf plan configs/llama2-70b.yaml [overrides]        # GPUs, nodes, memory per role; exit 1 if it won't fit
     llama-rlhf config configs/local.yaml [overrides]           # print the resolved config
@@ -32,9 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("overrides", nargs="*", help="dotted.key=value (e.g. more iterations)")
     ev = sub.add_parser("eval", help="print a run's gold table; with --temperature, re-judge every saved policy")
     ev.add_argument("run_dir")
-    ev.add_argument("--temperature", type=_at_least(0.0, float),
-                    help="sample every saved policy again at this temperature (0 = greedy) on the run's held-out "
-                    "prompts and print the gold tables (eval_T<T>.json)")
+    ev.add_argument("--temperature", type=_at_least(0.0, float), nargs="+", default=[],
+                    help="sample every saved policy again at these temperatures (0 = greedy) on the run's "
+                    "held-out prompts and print the gold tables (eval_T<T>.json)")
     ev.add_argument("--samples", type=_at_least(1, int),
                     help="samples per prompt when T > 0 (default: the run's eval.samples)")
     ev.add_argument("--gatt-dialogs", type=_at_least(1, int),
@@ -116,10 +116,9 @@ def _dispatch(args) -> int:
     if args.cmd == "eval":
         from llama_rlhf.orchestrator import reeval
 
-        if args.temperature is None and args.gatt_dialogs is None:
+        if not args.temperature and args.gatt_dialogs is None:
             return pipeline.evaluate_run(args.run_dir)
-        rc = reeval.reevaluate(args.run_dir, args.temperature, args.samples) if args.temperature is not None else 0
-        return rc or (reeval.regatt(args.run_dir, args.gatt_dialogs) if args.gatt_dialogs is not None else 0)
+        return reeval.rejudge(args.run_dir, args.temperature, args.samples, args.gatt_dialogs)
     if args.cmd == "report":
         return pipeline.report(args.run_dir, args.readme)
     return 1

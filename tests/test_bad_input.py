@@ -122,7 +122,7 @@ def test_cli_subprocess_no_traceback(tmp_path):
     assert r.returncode == 2 and r.stderr == f"llama-rlhf: error: {bad}:2: field 'response': empty\n"
 
 
-@pytest.mark.parametrize("argv", [["eval", "{d}"], ["eval", "{d}", "--temperature", "0"],
+@pytest.mark.parametrize("argv", [["eval", "{d}"], ["eval", "{d}", "--temperature", "0", "1"],
                                   ["eval", "{d}", "--gatt-dialogs", "64"], ["report", "{d}"]])
 def test_eval_and_report_of_a_mistyped_folder_fail_without_creating_it(tmp_path, capsys, argv):
     missing = tmp_path / "runs" / "lcoal"
@@ -131,10 +131,10 @@ def test_eval_and_report_of_a_mistyped_folder_fail_without_creating_it(tmp_path,
     assert not missing.exists() and not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("flag,value", [("--temperature", "-0.5"), ("--temperature", "hot"), ("--samples", "0"),
-                                        ("--gatt-dialogs", "0")])
+@pytest.mark.parametrize("flag,value", [("--temperature", "-0.5"), ("--temperature", "hot"), ("--temperature", "0 -0.5"),
+                                        ("--samples", "0"), ("--gatt-dialogs", "0")])
 def test_eval_flags_are_checked_before_anything_runs(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as e:
-        main(["eval", str(tmp_path), flag, value])
+        main(["eval", str(tmp_path), flag, *value.split()])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"argument {flag}" in err and "Traceback" not in err

@@ -175,31 +175,31 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
 
 
 def test_eval_rejudges_every_saved_policy_as_the_run_judged_it(uninterrupted):
-    """`llama-rlhf eval RUN --temperature T` serves each saved checkpoint from a fresh rollout engine and
-    judges it on the run's held-out prompts: at the run's own temperature and seed it must give the run's
-    own per-prompt figures, and greedy (`--temperature 0`, one sample per prompt) the run's greedy ones."""
+    """`llama-rlhf eval RUN --temperature 1 0 --gatt-dialogs N` loads each saved checkpoint from its files
+    into one rollout engine and judges it on the run's held-out prompts: at the run's own temperature and
+    seed it must give the run's own per-prompt figures, greedy (one sample per prompt) the run's greedy
+    ones, and on the run's own GAtt dialogs its per-dialog figures. Sampled answers differ from policy to
+    policy, so weights left over from the previous checkpoint would fail it."""
     run_dir, _ = uninterrupted
-    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
-    out = _finish(_cli("eval", str(run_dir), "--temperature", "1", ray_tmp=ray_tmp), ray_tmp)
-    got = json.loads((run_dir / "eval_T1.json").read_text())
     res = _state(run_dir)["results"]
+    n = res["eval/sft"]["gatt"]["dialogs"]
+    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    out = _finish(_cli("eval", str(run_dir), "--temperature", "1", "0", "--gatt-dialogs", str(n), ray_tmp=ray_tmp),
+                  ray_tmp)
     want = {"SFT": res["eval/sft"], "baseline: V1 with a random pick (no RM)": res["baselines"]["random_pick"]["eval"],
             "RLHF-V1 (RS)": res["v1"]["eval"], "RLHF-V2 (RS + PPO)": res["v2"]["eval"]}
+    assert len({json.dumps(r["samples"]) for r in want.values()}) == len(want)
+    got = json.loads((run_dir / "eval_T1.json").read_text())
     assert list(got) == list(want)
     for name, r in want.items():
-        assert got[name]["per_prompt"] == r["per_prompt"], name
+        assert got[name]["per_prompt"] == r["per_prompt"] and got[name]["samples"] == r["samples"], name
         assert got[name]["temperature"] == 1.0
     assert "| RLHF-V2 (RS + PPO) | 1.0 |" in out and "By prompt kind" in out
     # greedy: the run's own greedy figures (`eval.greedy`, judged on the run's engines after each weight sync)
-    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
-    _finish(_cli("eval", str(run_dir), "--temperature", "0", ray_tmp=ray_tmp), ray_tmp)
     got = json.loads((run_dir / "eval_T0.json").read_text())
     for name, r in want.items():
         assert got[name]["per_prompt"] == r["greedy"]["per_prompt"], name
     # Ghost Attention on the run's own held-out dialogs: the run's own per-dialog figures
-    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
-    n = res["eval/sft"]["gatt"]["dialogs"]
-    out = _finish(_cli("eval", str(run_dir), "--gatt-dialogs", str(n), ray_tmp=ray_tmp), ray_tmp)
     got = json.loads((run_dir / f"gatt_N{n}.json").read_text())
     for name, r in want.items():
         assert got[name]["gatt"]["kept_by_dialog"] == r["gatt"]["kept_by_dialog"], name

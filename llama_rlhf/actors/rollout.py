@@ -225,13 +225,25 @@ class RolloutEngine:
         """Receive one sync (the sender must be in `send` at the same time) and load it in place."""
         t0 = time.perf_counter()
         per_worker = self.llm.collective_rpc("receive_weights", args=(meta.to_wire(),), timeout=timeout_s)
-        # Mandatory: cached KV blocks were computed with the old weights and would be reused for any
-        # prompt prefix seen before (ENVIRONMENT.md: 0/16 greedy tokens right without this).
-        if not self.llm.reset_prefix_cache():
-            raise RuntimeError("reset_prefix_cache failed after a weight sync (requests still running?)")
+        self._forget_old_weights()
         return SyncStats(
             bytes=per_worker[0]["bytes"], seconds=time.perf_counter() - t0, buckets=per_worker[0]["buckets"]
         )
+
+    def load_folder(self, model_dir: str, timeout_s: float = 600.0) -> float:
+        """Serve another HF folder of the same architecture (another saved policy): its weights are loaded
+        in place from its files, by the reload a sync runs; the engine is not rebuilt. Returns seconds."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("load_folder", args=(str(model_dir),), timeout=timeout_s)
+        self._forget_old_weights()
+        self.model_dir = Path(model_dir)
+        return time.perf_counter() - t0
+
+    def _forget_old_weights(self) -> None:
+        # Mandatory after new weights: cached KV blocks were computed with the old ones and would be reused
+        # for any prompt prefix seen before (ENVIRONMENT.md: 0/16 greedy tokens right without this).
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("reset_prefix_cache failed after new weights (requests still running?)")
 
     def receive_probe(self, nbytes: int, timeout_s: float = 600.0) -> float:
         """One raw broadcast of `nbytes` over the sync group (no packing, no load): the sync's limit."""
@@ -363,6 +375,19 @@ class RolloutGroup:
         """Record the latest HF folder the orchestrator saved: what a replacement worker starts from."""
         self.model_dir = Path(path)
         self.synced_past_folder = False
+
+    def load_folder(self, path: str | Path) -> None:
+        """Every engine serves the saved HF folder `path` (same architecture), loaded in place from its
+        files; an engine lost meanwhile is recreated from it."""
+        if self.colocation is not None:
+            self.colocation.for_sync()
+        self.set_model_dir(path)
+        refs = [w.load_folder.remote(str(path), self.timeout_s) for w in self.workers]
+        for k, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=self.timeout_s)
+            except RayActorError as err:
+                self._replace(k, type(err).__name__)
 
     def generate(
         self,

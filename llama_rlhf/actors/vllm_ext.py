@@ -48,6 +48,14 @@ class WeightSyncExtension:
         plan = meta.plan()
         return asdict(SyncStats(bytes=sum(b.nbytes for b in plan), seconds=time.perf_counter() - t0, buckets=len(plan)))
 
+    def load_folder(self, path: str) -> float:
+        """Load an HF folder's weights (same architecture) in place, the reload a sync runs, read from the
+        folder's safetensors; returns seconds."""
+        t0 = time.perf_counter()
+        self.reload_weights(weights_path=path, is_checkpoint_format=True)
+        self._refresh_tied_head()
+        return time.perf_counter() - t0
+
     def _refresh_tied_head(self) -> None:
         """A tied LM head (SmolLM2's) is the embedding's parameter, but the CPU backend computes it from a
         oneDNN handle built from that weight when the head is processed, and the reload processes only the

@@ -437,6 +437,10 @@ class ClusterConfig(_Cfg):
     def gpu(self) -> bool:
         return self.gpus_per_node > 0
 
+    def roles(self) -> list[tuple[str, RoleConfig]]:
+        """(name, sizing) of every DeepSpeed role, in `ROLE_NAMES` order."""
+        return [(name, getattr(self, name)) for name in ROLE_NAMES]
+
     def role(self, name: str) -> RoleConfig:
         """The sizing of a DeepSpeed role by name: policy, reference, critic, rm_helpful, rm_safety."""
         if name not in ROLE_NAMES:

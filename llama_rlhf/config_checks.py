@@ -50,10 +50,8 @@ def _gpu_errors(cluster) -> list[str]:
         return []
     total = cluster.num_nodes * cluster.gpus_per_node
     errors = []
-    from llama_rlhf.config import ROLE_NAMES
-
-    for name in ROLE_NAMES:
-        n = cluster.role(name).ranks
+    for name, role in cluster.roles():
+        n = role.ranks
         if n > total:
             errors.append(f"cluster.{name}.ranks: one GPU per rank, the cluster has {total} GPUs "
                           f"({cluster.num_nodes} nodes x {cluster.gpus_per_node}), got {n}")

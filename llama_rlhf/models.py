@@ -146,30 +146,6 @@ def scalar_from_causal_lm(lm: LlamaForCausalLM, seed: int | None = None):
     return sm
 
 
-def check_init_checkpoint(folder: str | Path, vocab_size: int) -> dict:
-    """Start-up check of `model.init_checkpoint`: a Llama-architecture HF folder (config.json and
-    safetensors, one file or a sharded index) whose embedding covers the tokenizer. Returns its config;
-    a problem is a one-line ValueError naming the field."""
-    import json
-
-    from llama_rlhf.actors.loading import checkpoint_index
-
-    folder = Path(folder)
-    where = f"model.init_checkpoint: {folder}"
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"{where}: no config.json (an HF model folder is expected)")
-    c = json.loads((folder / "config.json").read_text())
-    if c.get("model_type") != "llama":
-        raise ValueError(f"{where}: model_type {c.get('model_type')!r}; only Llama-architecture checkpoints load")
-    try:
-        checkpoint_index(folder)
-    except FileNotFoundError as e:
-        raise ValueError(f"model.init_checkpoint: {e}") from None
-    if vocab_size > c["vocab_size"]:
-        raise ValueError(f"{where}: its embedding has {c['vocab_size']} rows, the tokenizer has {vocab_size} tokens")
-    return c
-
-
 def is_causal_checkpoint(folder: str | Path) -> bool:
     """Whether an HF folder holds a causal LM (vs a scalar-head model), from its config.json."""
     import json

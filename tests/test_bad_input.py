@@ -131,8 +131,8 @@ def test_eval_and_report_of_a_mistyped_folder_fail_without_creating_it(tmp_path,
     assert not missing.exists() and not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("flag,value", [("--temperature", "-0.5"), ("--temperature", "hot"), ("--temperature", "0 -0.5"),
-                                        ("--samples", "0"), ("--gatt-dialogs", "0")])
+@pytest.mark.parametrize("flag,value", [("--temperature", "-0.5"), ("--temperature", "hot"),
+                                        ("--temperature", "0 -0.5"), ("--samples", "0"), ("--gatt-dialogs", "0")])
 def test_eval_flags_are_checked_before_anything_runs(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as e:
         main(["eval", str(tmp_path), flag, *value.split()])

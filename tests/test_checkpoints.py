@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from llama_rlhf.actors.loading import INDEX_NAME, load_streamed
+from llama_rlhf.actors.loading import INDEX_NAME, check_init_checkpoint, load_streamed
 from llama_rlhf.config import TokenizerConfig, build_config
-from llama_rlhf.models import check_init_checkpoint, save_hf
+from llama_rlhf.models import save_hf
 from llama_rlhf.plan import model_shape
 from llama_rlhf.tokenizer import load_tokenizer, tokenizer_from_config
 

@@ -33,7 +33,7 @@ from llama_rlhf.data.world import (
     response_of_quality,
     safety_label,
 )
-from llama_rlhf.data.world.corpus import CORPUS_PATH
+from llama_rlhf.data.world.corpus import CORPUS_PATH, corpus_text
 from llama_rlhf.data.world.judge import RAMBLING_WORDS
 
 SMALL = {"n_sft": 200, "n_preferences": 200, "n_rlhf": 64, "n_eval": 64, "n_gatt_dialogs": 16, "n_gatt_eval": 8}
@@ -78,7 +78,7 @@ def test_same_seed_same_data_other_seed_differs():
     for name in ("sft_records", "preference_records", "rlhf_prompts", "eval_prompts", "gatt_dialogs"):
         assert _dump(getattr(a, name)()) == _dump(getattr(b, name)()), name
         assert _dump(getattr(a, name)()) != _dump(getattr(c, name)()), name
-    assert a.corpus_text() == b.corpus_text() != c.corpus_text()
+    assert corpus_text(a) == corpus_text(b) != corpus_text(c)
 
 
 def test_default_sizes_and_json_round_trip(world):
@@ -318,7 +318,7 @@ def test_learnable_sizes(world):
 
 
 def test_shipped_corpus_is_current(world):
-    text = world.corpus_text()
+    text = corpus_text(world)
     assert 20_000 <= len(text.encode()) <= 80_000
     assert CORPUS_PATH.read_text(encoding="utf-8") == text, "regenerate: python -m llama_rlhf.data.world.corpus"
 

@@ -44,6 +44,26 @@ def checkpoint_index(folder: str | Path) -> dict[str, Path]:
         return dict.fromkeys(f.keys(), single)
 
 
+def check_init_checkpoint(folder: str | Path, vocab_size: int) -> dict:
+    """Start-up check of `model.init_checkpoint`: a Llama-architecture HF folder (config.json and
+    safetensors, one file or a sharded index) whose embedding covers the tokenizer. Returns its config;
+    a problem is a one-line ValueError naming the field."""
+    folder = Path(folder)
+    where = f"model.init_checkpoint: {folder}"
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{where}: no config.json (an HF model folder is expected)")
+    c = json.loads((folder / "config.json").read_text())
+    if c.get("model_type") != "llama":
+        raise ValueError(f"{where}: model_type {c.get('model_type')!r}; only Llama-architecture checkpoints load")
+    try:
+        checkpoint_index(folder)
+    except FileNotFoundError as e:
+        raise ValueError(f"model.init_checkpoint: {e}") from None
+    if vocab_size > c["vocab_size"]:
+        raise ValueError(f"{where}: its embedding has {c['vocab_size']} rows, the tokenizer has {vocab_size} tokens")
+    return c
+
+
 class CheckpointReader:
     """Lazy reads of single tensors (safetensors memory-maps the files; one tensor is copied at a time)."""
 

@@ -75,8 +75,8 @@ def _sweep_shared_memory(cfg: Config, run: RunDir) -> None:
 def _context(cfg: Config, run: RunDir, progress, clock: Clock | None = None):
     import torch
 
+    from llama_rlhf.actors.loading import check_init_checkpoint
     from llama_rlhf.data.mix import TARGETS, mix_counts, mix_metrics
-    from llama_rlhf.models import check_init_checkpoint
     from llama_rlhf.orchestrator.cluster import Placement, ppo_roles, start_ray
     from llama_rlhf.orchestrator.datasets import load_datasets, pair_batch
     from llama_rlhf.orchestrator.stages import Context

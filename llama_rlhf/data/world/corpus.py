@@ -17,6 +17,7 @@ from . import gatt, helpful, safety
 from .lexicon import LIST_WORDS, MAX_NUMBER, NUMBER_WORDS, TABLES
 from .records import HELPFUL_KINDS
 from .risks import RISKS
+from .world import World, build_world
 
 CORPUS_PATH = Path(__file__).resolve().parent.parent / "corpus" / "world_corpus.txt"
 SAMPLES_PER_TEMPLATE = 3
@@ -74,8 +75,8 @@ def _gatt_lines(pools: dict, rng: random.Random) -> list[str]:
     return lines
 
 
-def corpus_text(world) -> str:
-    """The tokenizer corpus for `world` (a World), one sentence per line."""
+def corpus_text(world: World) -> str:
+    """Representative text of the whole `world`, for training the tokenizer: one sentence per line."""
     rng = random.Random(f"{world.seed}:corpus")
     pools = world.pools["train"]
     sections = [_vocabulary(), _helpful_lines(pools, rng), _safety_lines(pools, rng), _gatt_lines(pools, rng)]
@@ -86,10 +87,8 @@ def corpus_text(world) -> str:
 
 def write_corpus(path: Path = CORPUS_PATH) -> Path:
     """Write the default world's corpus to `path`."""
-    from .world import build_world
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_world().corpus_text(), encoding="utf-8")
+    path.write_text(corpus_text(build_world()), encoding="utf-8")
     return path
 
 

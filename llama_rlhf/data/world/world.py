@@ -158,9 +158,3 @@ class World:
             turns = [self._turn(cyclers, kinds, rng) for _ in range(rng.randint(lo, hi))]
             out.append(gatt.make_dialog(f"{tag}-{i:05d}", iid, turns, rng))
         return out
-
-    def corpus_text(self) -> str:
-        """Representative text of the whole world, for training the tokenizer."""
-        from .corpus import corpus_text
-
-        return corpus_text(self)

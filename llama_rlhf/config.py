@@ -305,6 +305,17 @@ class GAttConfig(_Cfg):
     """First RLHF version whose training data mixes in Ghost Attention dialogs."""
     samples_per_turn: int = Field(4, ge=1)
     """Each GAtt turn is sampled this many times (instruction on every user turn) and the best by Rc kept."""
+    instruction_first_as_system: bool = False
+    """Sampling form of the GAtt turns: the instruction concatenated to every user message (the paper's
+    words), or with `True` its first copy as the system message (where Llama 2's template puts the system
+    prompt: inside the first user message) and the others concatenated as before."""
+    temperature: float | None = Field(None, ge=0.0)
+    """Sampling temperature of the GAtt turns (0: greedy); None: the version's rejection-sampling temperature."""
+    train_turns: Literal["last", "all"] = "last"
+    """Which assistant turns of a GAtt dialog carry the loss. "last": the paper's wording (the loss set to 0
+    on every earlier turn). "all": every turn, each given its own prefix; the same as one sample per prefix
+    trained on its last turn, which the paper's rule allows, since here every turn was sampled with the
+    instruction (the paper's concern was earlier turns that were not)."""
 
 
 class IterationsConfig(_Cfg):

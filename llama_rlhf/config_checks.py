@@ -23,6 +23,10 @@ def cross_field_errors(cfg) -> list[str]:
     bad = [t for t in cfg.rejection_sampling.temperatures if not t > 0]
     if bad:
         errors.append(f"rejection_sampling.temperatures: every temperature must be > 0, got {bad[0]!r}")
+    g = cfg.gatt
+    if g.temperature == 0 and g.samples_per_turn > 1:
+        errors.append(f"gatt.samples_per_turn: greedy GAtt sampling (gatt.temperature 0) gives one answer per "
+                      f"turn, must be 1, got {g.samples_per_turn}")
     errors += _gpu_errors(cfg.cluster)
     return errors + _ppo_errors(cfg.ppo)
 

@@ -72,6 +72,13 @@ def test_cross_field_check():
         build_config({}, ["ppo.batch_size=8", "ppo.minibatch_size=16"])
 
 
+def test_greedy_gatt_sampling_takes_one_sample_per_turn():
+    # vLLM refuses n > 1 with greedy sampling: without the check the run would fail at its first GAtt turn
+    with pytest.raises(ConfigError, match=r"gatt.samples_per_turn: greedy GAtt sampling .* must be 1, got 4"):
+        build_config({}, ["gatt.temperature=0"])
+    assert build_config({}, ["gatt.temperature=0", "gatt.samples_per_turn=1"]).gatt.temperature == 0.0
+
+
 def test_ppo_groups_check():
     """`ppo.batch_size` counts responses: it must split into groups of `samples_per_prompt`, and rloo's
     leave-one-out baseline needs two responses per prompt at least."""

@@ -52,6 +52,17 @@ def test_sampling_prompts_instruction_on_every_user_turn():
     assert with_instruction_every_turn(None, [{"role": "system", "content": INST}] + DIALOG[:1]) == prompts[0]
 
 
+def test_sampling_prompt_with_the_first_copy_as_the_system_message():
+    p = sampling_prompt(INST, DIALOG[:5], first_as_system=True)
+    assert p[0] == {"role": "system", "content": INST} and p[1] == DIALOG[0]  # first user turn as it was
+    assert [m["content"] for m in p if m["role"] == "user"][1:] == [f"{INST}\n2+2?", f"{INST}\nBye"]
+    assert [m for m in p if m["role"] == "assistant"] == [DIALOG[1], DIALOG[3]]
+    # Llama 2's template folds the system message into the first user turn: the instruction then opens every
+    # user message of the prompt it renders, the first in the <<SYS>> block the model was taught it in
+    first = sampling_prompt(INST, DIALOG[:1], first_as_system=True)
+    assert first == [{"role": "system", "content": INST}, DIALOG[0]]
+
+
 def test_training_messages_instruction_in_first_turn_only():
     msgs = training_messages(INST, DIALOG)
     assert msgs[0] == {"role": "user", "content": f"{INST}\nHi"}

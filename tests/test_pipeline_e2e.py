@@ -127,6 +127,9 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
         assert q["gain_ci"][0] <= q["gain"] <= q["gain_ci"][1]
     assert 0.0 <= res["v1"]["rs_benign_gated"] <= 1.0 and "benign samples gated to Rs" in report
     assert 0.0 <= res["v1"]["rs_within_prompt"] <= 1.0 and "variance within prompts" in report
+    # V2's GAtt data: how many of its answers keep the instruction, the picks and all samples
+    assert 0.0 <= res["v2"]["gatt_kept_picks"] <= 1.0 and 0.0 <= res["v2"]["gatt_kept_samples"] <= 1.0
+    assert "| RLHF-V2 | 0.7 |" in report.split("kept by all samples")[1].split("###")[0]
     picks = report.split("Rc orders a pair as gold")[1].split("###")[0]
     assert "| RLHF-V1 | benign (helpfulness) |" in picks and "| random pick (V1 control) | benign" in picks
     for name in ("gold_helpfulness", "gold_safety", "false_refusal"):

@@ -42,3 +42,37 @@ def test_runs_saved_without_per_dialog_results_keep_the_plain_table(tmp_path):
     run = _run(tmp_path, {"eval/sft": old, "v1": {"eval": old}, "v2": {"eval": old}})
     text = gatt_table(run)
     assert "| RLHF-V2 (RS) | yes | 1.00 | 0.50 |" in text and "paired Δ" not in text and "[" not in text
+
+
+def test_gatt_kept_shares_count_picks_and_all_samples_by_turn():
+    from llama_rlhf.orchestrator.rejection import gatt_kept_shares
+
+    # turn 0: 2 dialogs, K=2; turn 1: 1 dialog; a dialog that is not the world's (None) is left out
+    kept = {0: [(True, [True, False]), (False, [False, False]), (None, [None, None])], 1: [(True, [True, True])]}
+    out = gatt_kept_shares(kept)
+    assert out["gatt_kept_picks"] == 2 / 3 and out["gatt_kept_samples"] == 3 / 6
+    assert out["gatt_kept_by_turn"] == {1: [0.5, 0.25], 2: [1.0, 1.0]}
+    assert gatt_kept_shares({0: [(None, [None])]}) == {} and gatt_kept_shares({}) == {}
+
+
+def test_gatt_keeps_uses_the_world_checker_and_skips_other_dialogs():
+    from types import SimpleNamespace
+
+    from llama_rlhf.orchestrator.rejection import gatt_keeps
+
+    assert gatt_keeps(SimpleNamespace(instruction_id="upper"), "THE ANSWER IS 4.") is True
+    assert gatt_keeps(SimpleNamespace(instruction_id="upper"), "The answer is 4.") is False
+    assert gatt_keeps(SimpleNamespace(system="Be brief."), "ok") is None
+
+
+def test_gatt_data_table_lists_versions_with_gatt_data(tmp_path):
+    from llama_rlhf.orchestrator.report import body, gatt_data_table
+
+    v2 = {"eval": _gatt([[1, 1], [0, 1]]), "gatt_temperature": 0.7, "gatt_kept_picks": 0.6, "gatt_kept_samples": 0.55,
+          "gatt_kept_by_turn": {"1": [0.5, 0.45], "2": [0.7, 0.65]}}
+    run = _run(tmp_path, {"eval/sft": _gatt([[1, 1], [0, 0]]), "v1": {"eval": _gatt([[1, 1], [0, 0]])}, "v2": v2})
+    text = gatt_data_table(run)
+    assert "| RLHF-V2 | 0.7 | 0.600 | 0.550 | 0.50 / 0.45 | 0.70 / 0.65 |" in text and "RLHF-V1 |" not in text
+    assert text in "\n".join(body(run))
+    old = _run(tmp_path / "old", {"eval/sft": _gatt([[1, 1]]), "v1": {"eval": _gatt([[1, 1]])}})
+    assert gatt_data_table(old) == ""

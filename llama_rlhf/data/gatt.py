@@ -38,22 +38,26 @@ def _split(instruction: str | None, messages: Sequence[dict]) -> tuple[str, list
     return instruction, messages
 
 
-def with_instruction_every_turn(instruction: str | None, messages: Sequence[dict]) -> list[dict]:
-    """The dialog with the instruction concatenated to every user message (the sampling form)."""
+def with_instruction_every_turn(instruction: str | None, messages: Sequence[dict],
+                                first_as_system: bool = False) -> list[dict]:
+    """The dialog with the instruction concatenated to every user message (the sampling form). With
+    `first_as_system`, the first one's copy is the system message instead: where the chat template puts
+    a system prompt (Llama 2 folds it into the first user message), the form the model was taught."""
     instruction, body = _split(instruction, messages)
     validate_messages(body)
-    return [
+    out = [
         {"role": "user", "content": join_instruction(instruction, m["content"])}
-        if m["role"] == "user"
+        if m["role"] == "user" and not (first_as_system and i == 0)
         else dict(m)
-        for m in body
+        for i, m in enumerate(body)
     ]
+    return [{"role": "system", "content": instruction}] + out if first_as_system else out
 
 
-def sampling_prompt(instruction: str | None, messages: Sequence[dict]) -> list[dict]:
+def sampling_prompt(instruction: str | None, messages: Sequence[dict], first_as_system: bool = False) -> list[dict]:
     """Messages to sample the next assistant turn from: a dialog ending with a user turn, the instruction
     on every user message (the paper's sampling step; generate turn by turn, appending each answer)."""
-    augmented = with_instruction_every_turn(instruction, messages)
+    augmented = with_instruction_every_turn(instruction, messages, first_as_system)
     validate_messages(augmented, need_last="user")
     return augmented
 

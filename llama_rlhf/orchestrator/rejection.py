@@ -7,6 +7,7 @@ random-pick baseline that separates what the reward model adds from what samplin
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from typing import NamedTuple
 
 import torch
@@ -104,20 +105,54 @@ def gatt_records(ctx: Context, version: int) -> tuple[list[SFTRecord], dict]:
     if not dialogs:
         return [], {}
     seed = stage_seed(ctx.cfg.run.seed, "gatt", version)
+    temperature = rs_temperature(ctx.cfg, version) if ctx.cfg.gatt.temperature is None else ctx.cfg.gatt.temperature
     histories: list[list[dict]] = [[] for _ in dialogs]
+    kept: dict[int, list] = defaultdict(list)  # turn -> [(pick keeps, [each sample keeps])] (world dialogs)
     for t in range(max(len(d.user_turns) for d in dialogs)):
         live = [i for i, d in enumerate(dialogs) if t < len(d.user_turns)]
         user = {i: {"role": "user", "content": dialogs[i].user_turns[t]} for i in live}
-        msgs = [Prompt(f"{dialogs[i].id}-t{t}", sampling_prompt(dialogs[i].system, histories[i] + [user[i]]))
+        msgs = [Prompt(f"{dialogs[i].id}-t{t}", sampling_prompt(dialogs[i].system, histories[i] + [user[i]],
+                                                                   ctx.cfg.gatt.instruction_first_as_system))
                 for i in live]
-        picked = best_of_k_samples(ctx, msgs, ctx.cfg.gatt.samples_per_turn, rs_temperature(ctx.cfg, version),
-                                   seed + t, stage=f"v{version}/gatt turn {t}").picked
-        for i, text in zip(live, picked):
+        s = best_of_k_samples(ctx, msgs, ctx.cfg.gatt.samples_per_turn, temperature,
+                              seed + t, stage=f"v{version}/gatt turn {t}")
+        for i, text, texts in zip(live, s.picked, s.texts):
             histories[i] += [user[i], {"role": "assistant", "content": text}]
-    out = [SFTRecord(training_messages(d.system, h, as_system=True), train_turns=[len(d.user_turns) - 1])
+            kept[t].append((gatt_keeps(dialogs[i], text), [gatt_keeps(dialogs[i], x) for x in texts]))
+    every = ctx.cfg.gatt.train_turns == "all"
+    out = [SFTRecord(training_messages(d.system, h, as_system=True),
+                     train_turns=list(range(len(d.user_turns))) if every else [len(d.user_turns) - 1])
            for d, h in zip(dialogs, histories)]
     turns = [len(d.user_turns) for d in dialogs]
-    return out, {"gatt_dialogs": len(out), "gatt_turns_mean": sum(turns) / len(turns)}
+    return out, {"gatt_dialogs": len(out), "gatt_turns_mean": sum(turns) / len(turns), "gatt_temperature": temperature,
+                 **gatt_kept_shares(kept)}
+
+
+def gatt_keeps(dialog, response: str) -> bool | None:
+    """Whether `response` keeps the dialog's instruction, by the embedded world's checker (None for a
+    dialog that is not the world's). Reported only: it never picks or trains anything."""
+    from llama_rlhf.data.world.gatt import keeps
+
+    iid = getattr(dialog, "instruction_id", None)
+    return None if iid is None else keeps(iid, response)
+
+
+def gatt_kept_shares(kept: dict[int, list]) -> dict:
+    """Per turn and over all turns: the share of the Rc-picked GAtt answers that keep the instruction, and
+    of all K samples (what a random pick would give): whether the GAtt data teaches the instruction."""
+    rows = [(t, p, xs) for t, items in sorted(kept.items()) for p, xs in items if p is not None]
+    if not rows:
+        return {}
+    by_turn = defaultdict(lambda: [0, 0, 0, 0])
+    for t, p, xs in rows:
+        c = by_turn[t]
+        c[0] += p
+        c[1] += 1
+        c[2] += sum(xs)
+        c[3] += len(xs)
+    return {"gatt_kept_picks": sum(p for _, p, _ in rows) / len(rows),
+            "gatt_kept_samples": sum(sum(xs) for *_, xs in rows) / sum(len(xs) for *_, xs in rows),
+            "gatt_kept_by_turn": {t + 1: [c[0] / c[1], c[2] / c[3]] for t, c in sorted(by_turn.items())}}
 
 
 def context_distillation(ctx: Context, version: int) -> tuple[list[SFTRecord], int]:

@@ -178,6 +178,29 @@ def gatt_rows_table(vs: list[tuple[str, dict, bool]]) -> str:
     return "\n".join(rows) + note + _gatt_gain(vs, turns[-1])
 
 
+def gatt_data_table(run: RunDir) -> str:
+    """Per version trained with GAtt data: how many of the answers it trained on keep the instruction (the
+    world's checker, never used in training), the Rc-picked answers against all K samples, and by turn."""
+    rows = [(n, r) for n, r, control in _rs_results(run) if not control and "gatt_kept_picks" in r]
+    if not rows:
+        return ""
+    turns = sorted({int(t) for _, r in rows for t in r.get("gatt_kept_by_turn", {})})
+    out = ["| version | T | kept by the picks | kept by all samples | " + " | ".join(f"turn {t}" for t in turns) + " |",
+           "|---|---|---|---|" + "---|" * len(turns)]
+    for name, r in rows:
+        by_turn = {int(t): v for t, v in r.get("gatt_kept_by_turn", {}).items()}
+        cells = [f"{_fmt(by_turn[t][0], 2)} / {_fmt(by_turn[t][1], 2)}" if t in by_turn else "–" for t in turns]
+        out.append(f"| {name} | {_fmt(r.get('gatt_temperature'), 1)} | {_fmt(r['gatt_kept_picks'])} | "
+                   f"{_fmt(r['gatt_kept_samples'])} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n\n" + GATT_DATA_NOTE
+
+
+GATT_DATA_NOTE = ("The GAtt training data: each turn sampled K times with the instruction on every user message, "
+                  "Rc's pick trained on. Kept: the share of the picks (and of all K samples, what a random pick "
+                  "gives) that keep the instruction, by the world's checker; by turn: picks / all samples. An "
+                  "answer that drops the instruction teaches the policy to drop it.")
+
+
 def _kept_at(r: dict, turn: int) -> list[int]:
     """Per dialog, 1 where the answer at `turn` keeps the instruction (empty for runs saved before)."""
     by_dialog = r.get("gatt", {}).get("kept_by_dialog", [])
@@ -293,6 +316,7 @@ def body(run: RunDir) -> list[str]:
         kind_table(run), "", *_greedy_section(run)]
     return gold + ["### Reward models: held-out accuracy by rating level", "", rm_table(run), "",
                    "### Ghost Attention: instruction kept at turn t", "", gatt_table(run), "",
+                   *([d, ""] if (d := gatt_data_table(run)) else []),
                    "### Rejection sampling", "", rs_table(run), "", RS_NOTE, "", *_pick_section(run),
                    "### PPO (mean Rc of the batch; Rc on the held-out prompts before and after)", "",
                    ppo_table(run), "",

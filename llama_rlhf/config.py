@@ -313,8 +313,8 @@ class GAttConfig(_Cfg):
     with it trained on 0.62-0.65 kept answers (0.535-0.615 without) but kept the instruction at turn 20
     less (0.38 against 0.45 on 128 dialogs, one run each)."""
     temperature: float | None = Field(None, ge=0.0)
-    """Sampling temperature of the GAtt turns (0: greedy, one sample per turn); None: the version's rejection-
-    sampling temperature. On the demo (V3-V5 re-run from its V2 state) 0 and 0.3 raised the share of GAtt
+    """Sampling temperature of the GAtt turns (0: greedy, one sample per turn); None: the RS temperature.
+    On the demo (V3-V5 re-run from its V2 state) 0 and 0.3 raised the share of GAtt
     answers that keep the instruction (0.60-0.69) but lowered turn 20's (0.24, 0.27 against 0.45)."""
     train_turns: Literal["last", "all"] = "last"
     """Which assistant turns of a GAtt dialog carry the loss. "last": the paper's wording (the loss set to 0

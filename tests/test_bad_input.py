@@ -138,3 +138,13 @@ def test_eval_flags_are_checked_before_anything_runs(tmp_path, capsys, flag, val
         main(["eval", str(tmp_path), flag, *value.split()])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"argument {flag}" in err and "Traceback" not in err
+
+
+def test_an_eval_set_the_world_cannot_hold_is_one_line(tmp_path):
+    """More distinct held-out prompts than the world's eval split holds: one line naming the field, exit 2,
+    before anything trains (`configs/local.yaml` with `run.seed=1` hit this as a traceback)."""
+    r = subprocess.run([sys.executable, "-m", "llama_rlhf.cli", "run", "configs/ci.yaml", "data.world.n_eval=1000",
+                        f"run.output_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert r.stderr.startswith("llama-rlhf: error: data.world.n_eval: 1000 distinct eval prompts need more")
+    assert not list((tmp_path / "ci").glob("ckpt/*"))  # no checkpoint: nothing trained

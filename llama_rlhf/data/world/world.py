@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from llama_rlhf.config import WorldConfig
+from llama_rlhf.config import ConfigError, WorldConfig
 
 from . import gatt, helpful, safety
 from .candidates import preference_for, sft_demo
@@ -105,7 +105,7 @@ class World:
         try:
             return self.prompts("eval", n, "eval", distinct=True)
         except PoolExhausted as e:
-            raise ValueError(f"data.world.n_eval: {n} distinct eval prompts need more {e.kind!r} items than the "
+            raise ConfigError(f"data.world.n_eval: {n} distinct eval prompts need more {e.kind!r} items than the "
                              f"eval split's {e.size}; lower data.world.n_eval") from None
 
     # -- training data ---------------------------------------------------------------------------

@@ -140,18 +140,16 @@ def gatt_keeps(dialog, response: str) -> bool | None:
 def gatt_kept_shares(kept: dict[int, list]) -> dict:
     """Per turn and over all turns: the share of the Rc-picked GAtt answers that keep the instruction, and
     of all K samples (what a random pick would give): whether the GAtt data teaches the instruction."""
-    rows = [(t, p, xs) for t, items in sorted(kept.items()) for p, xs in items if p is not None]
-    if not rows:
+    by_turn: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # picks kept, picks, samples kept, samples
+    for t, items in kept.items():
+        for pick, samples in items:
+            if pick is not None:
+                c = by_turn[t]
+                c[0], c[1], c[2], c[3] = c[0] + pick, c[1] + 1, c[2] + sum(samples), c[3] + len(samples)
+    if not by_turn:
         return {}
-    by_turn = defaultdict(lambda: [0, 0, 0, 0])
-    for t, p, xs in rows:
-        c = by_turn[t]
-        c[0] += p
-        c[1] += 1
-        c[2] += sum(xs)
-        c[3] += len(xs)
-    return {"gatt_kept_picks": sum(p for _, p, _ in rows) / len(rows),
-            "gatt_kept_samples": sum(sum(xs) for *_, xs in rows) / sum(len(xs) for *_, xs in rows),
+    total = [sum(c[i] for c in by_turn.values()) for i in range(4)]
+    return {"gatt_kept_picks": total[0] / total[1], "gatt_kept_samples": total[2] / total[3],
             "gatt_kept_by_turn": {t + 1: [c[0] / c[1], c[2] / c[3]] for t, c in sorted(by_turn.items())}}
 
 

@@ -63,8 +63,8 @@ class TokenizerConfig(_Cfg):
 
 class WorldConfig(_Cfg):
     """Sizes and knobs of the embedded world (`llama_rlhf.data.world`), used where no data paths are given.
-    The world takes this object whole (`build_world(cfg.data.world, seed=cfg.run.seed)`); its seed is
-    `run.seed`."""
+    The world takes this object whole (`build_world(cfg.data.world, seed=...)`); its seed is `data.seed`,
+    or `run.seed` when that is unset."""
 
     n_sft: int = Field(1500, ge=1)
     n_preferences: int = Field(2000, ge=1)
@@ -138,7 +138,15 @@ class DataConfig(_Cfg):
     the embedded world's held-out pairs (what the demo uses)."""
     skip_invalid: bool = False
     """Skip (and count, and report) malformed records instead of failing on the first one."""
+    seed: int | None = Field(None, ge=0)
+    """Seed of the data: the embedded world's draw and the RM held-out split. None: `run.seed`. Set apart from
+    `run.seed`, it holds the data fixed while every stage's sampling, shuffling and initialisation changes
+    (`run.seed`): how much of a figure is the draw of a run, on the same world."""
     world: WorldConfig = WorldConfig()
+
+    def seed_or(self, run_seed: int) -> int:
+        """The data's seed: `seed`, or the run's when unset."""
+        return run_seed if self.seed is None else self.seed
 
     @model_validator(mode="after")
     def _one_preference_spec(self):

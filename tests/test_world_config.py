@@ -72,3 +72,20 @@ def test_load_datasets_passes_the_config_whole():
     data = load_datasets(cfg)
     assert data.world.config == cfg.data.world and data.world.seed == 5
     assert len(data.world.pools["train"]["count"]) < 6 * 7
+
+
+def test_data_seed_holds_the_data_while_run_seed_changes():
+    """`data.seed` draws the world and the RM held-out split; unset, `run.seed` does. Holding it while the run
+    seed changes keeps every record (the run-to-run variance experiment); changing it changes the records."""
+    from llama_rlhf.orchestrator.datasets import load_datasets
+
+    def records(*overrides):
+        d = load_datasets(load_config("configs/ci.yaml", ["data.rm_eval_pairs=10", *overrides]))
+        held = {k: [p.to_dict() for p in v] for k, v in d.rm_eval.items()}
+        return d.world.seed, [p.to_dict() for p in d.preferences], held, [p.to_dict() for p in d.eval_prompts]
+
+    base = records("run.seed=3")
+    assert base[0] == 3 and all(len(v) == 10 for v in base[2].values()) and base[2]
+    assert records("run.seed=8", "data.seed=3") == base
+    other = records("run.seed=3", "data.seed=4")
+    assert other[0] == 4 and other[1] != base[1] and other[3] != base[3]

@@ -43,7 +43,8 @@ def load_datasets(cfg: Config) -> Datasets:
     """The embedded world for every source the config leaves unset; files/datasets otherwise."""
     from llama_rlhf.data.world import build_world
 
-    world = build_world(cfg.data.world, seed=cfg.run.seed)  # the config object whole: every field reaches it
+    seed = cfg.data.seed_or(cfg.run.seed)
+    world = build_world(cfg.data.world, seed=seed)  # the config object whole: every field reaches it
     d, reports = cfg.data, []
 
     def from_file(path, loader):
@@ -53,7 +54,7 @@ def load_datasets(cfg: Config) -> Datasets:
 
     sft = from_file(d.sft_path, load_sft) if d.sft_path else world.sft_records()
     prefs = _preferences(cfg, world, reports)
-    prefs, rm_eval = _hold_out(prefs, d.rm_eval_pairs, cfg.run.seed, reports)
+    prefs, rm_eval = _hold_out(prefs, d.rm_eval_pairs, seed, reports)
     reports += mix_report(prefs, cfg.reward.helpful_mix_other, cfg.reward.safety_mix_helpful_ratio)
     rl = from_file(d.prompts_path, load_prompts) if d.prompts_path else world.rlhf_prompts()
     ev = from_file(d.eval_prompts_path, load_prompts) if d.eval_prompts_path else world.eval_prompts()

@@ -330,6 +330,12 @@ class GAttConfig(_Cfg):
     trained on its last turn, which the paper's rule allows, since here every turn was sampled with the
     instruction (the paper's concern was earlier turns that were not). On the demo "all" kept the instruction
     less at turn 1 (0.58 against 0.88 for V5 on 128 dialogs) and at turn 20 (0.36 against 0.45)."""
+    preferences_per_version: int = Field(0, ge=0)
+    """From `from_version` on, this many turns of the GAtt training dialogs (a random turn each, gold history,
+    the GAtt sampling form) join the pairs each version collects: answered twice by the current policy at the
+    preference temperatures and annotated like the others (the judge of a GAtt turn weighs the task and the
+    instruction kept equally), so that the reward models that pick the GAtt answers have seen multi-turn
+    instructions (the paper's annotators rate multi-turn dialogs). 0: they see single-turn ones only."""
 
 
 class IterationsConfig(_Cfg):

@@ -100,6 +100,12 @@ def test_whole_pipeline_produces_versions_report_and_checkpoints(uninterrupted):
     assert any(k.startswith("mix/policy_samples_v0") for k in res["rm_helpful"]), res["rm_helpful"]
     v2 = res["v2"]
     assert v2["iterations"] >= 1 and v2["gatt_dialogs"] > 0 and "new_preferences" in v2
+    # GAtt dialog turns answered by V1 and annotated with V2's new pairs (gatt.preferences_per_version)
+    lines = (run_dir / "data" / "preferences_v2.jsonl").read_text().splitlines()
+    sources = [json.loads(x)["source"] for x in lines]
+    gatt_source = "policy samples v2 GAtt dialogs"
+    assert sources.count(gatt_source) == v2["new_gatt_pairs"] <= 4
+    assert len(sources) == v2["new_preferences"] and set(sources) <= {"policy samples v2", gatt_source}
     assert v2["archive_rescored"] > 0  # V1's picks re-scored by V2's reward models before selection
     assert "rc_first_quarter" in v2 and "rc_last_quarter" in v2
     # PPO's Rc on fixed held-out prompts (greedy) before and after, the paired change with its interval

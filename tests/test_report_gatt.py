@@ -76,3 +76,38 @@ def test_gatt_data_table_lists_versions_with_gatt_data(tmp_path):
     assert text in "\n".join(body(run))
     old = _run(tmp_path / "old", {"eval/sft": _gatt([[1, 1]]), "v1": {"eval": _gatt([[1, 1]])}})
     assert gatt_data_table(old) == ""
+
+
+def test_gatt_turn_prompts_for_the_annotators_are_in_the_sampling_form():
+    """`gatt.preferences_per_version` turns of the GAtt dialogs: distinct dialogs, a turn of each with the
+    gold history, the instruction on every user message, the judge's GAtt meta; the annotators prefer the
+    answer that keeps the instruction over the same answer without it."""
+    import random
+    from types import SimpleNamespace
+
+    from llama_rlhf.config import build_config
+    from llama_rlhf.data.world import annotate, build_world
+    from llama_rlhf.data.world.gatt import apply, violate
+    from llama_rlhf.orchestrator.stages import gatt_turn_prompts
+
+    dialogs = build_world(seed=0).gatt_dialogs("train", 6, 2, 5)
+    cfg = build_config({"gatt": {"from_version": 3, "preferences_per_version": 4}})
+    ctx = SimpleNamespace(cfg=cfg, data=SimpleNamespace(gatt_dialogs=dialogs))
+    assert gatt_turn_prompts(ctx, 2, 4) == [] and gatt_turn_prompts(ctx, 3, 0) == []
+    prompts = gatt_turn_prompts(ctx, 3, 4)
+    assert prompts == gatt_turn_prompts(ctx, 3, 4) and prompts != gatt_turn_prompts(ctx, 4, 4)
+    by_id = {d.id: d for d in dialogs}
+    assert len({p.id.rsplit("-t", 1)[0] for p in prompts}) == 4  # distinct dialogs while they last
+    for p in prompts:
+        d = by_id[p.id.rsplit("-t", 1)[0]]
+        turn = p.meta["n_turns"] - 1
+        users = [m["content"] for m in p.messages if m["role"] == "user"]
+        assert p.kind == "gatt" and p.meta["instruction_id"] == d.instruction_id and p.messages[-1]["role"] == "user"
+        assert users == [f"{d.system}\n{u}" for u in d.user_turns[: turn + 1]]
+        assert [m["content"] for m in p.messages if m["role"] == "assistant"] == d.gold_responses[:turn]
+        pref = annotate(p, violate(d.instruction_id, p.meta["task"]), apply(d.instruction_id, p.meta["task"]),
+                        random.Random(0), noise=0.0)
+        assert pref.chosen == apply(d.instruction_id, p.meta["task"]) and pref.rating == "better"
+    assert len(gatt_turn_prompts(ctx, 3, 9)) == 9  # more than the dialogs: each used again
+    off = build_config({"gatt": {"enabled": False, "preferences_per_version": 4}})
+    assert gatt_turn_prompts(SimpleNamespace(cfg=off, data=ctx.data), 3, 4) == []

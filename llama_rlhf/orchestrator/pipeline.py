@@ -304,6 +304,7 @@ def _pipeline(ctx, S) -> None:
         if v > 1:  # new preferences from the current policy; the RMs continue on them
             new = S.collect_preferences(ctx, v)
             result["new_preferences"] = len(new)
+            result["new_gatt_pairs"] = sum(p.source.endswith(S.GATT_PAIRS) for p in new)
             if new:
                 replay = random.Random(S.stage_seed(cfg.run.seed, "replay", v)).sample(prefs, min(len(prefs), len(new)))
                 trained = S.train_reward_models(ctx, [S.RMJob(name, new + replay, rm_paths[name], f"v{v}/rm_{name}",

@@ -291,18 +291,24 @@ def publish_policy(ctx: Context, stage: str) -> str:
 # --------------------------------------------------------------------------- preference collection
 
 
+GATT_PAIRS = " GAtt dialogs"
+"""The source suffix of pairs collected on GAtt dialog turns (`gatt.preferences_per_version`)."""
+
+
 def collect_preferences(ctx: Context, version: int, n: int | None = None) -> list[Preference]:
     """The paper's weekly loop: sample two answers per new prompt (`n`, default
     `iterations.new_preferences_per_version`) from the current policy at two temperatures and let the
-    (synthetic) annotators compare them with the 4-level rating. Version 0 is the SFT policy, before the
+    (synthetic) annotators compare them with the 4-level rating; from `gatt.from_version` on,
+    `gatt.preferences_per_version` GAtt dialog turns join the prompts. Version 0 is the SFT policy, before the
     first reward models (`iterations.sft_preferences`)."""
     from llama_rlhf.data.world import annotate
 
     world = ctx.data.world
     n = ctx.cfg.iterations.new_preferences_per_version if n is None else n
-    if world is None or n == 0:
+    gatt = gatt_turn_prompts(ctx, version, ctx.cfg.gatt.preferences_per_version) if version else []
+    if world is None or n + len(gatt) == 0:
         return []
-    prompts = world.prompts("train", n, f"collect-v{version}")
+    prompts = (world.prompts("train", n, f"collect-v{version}") if n else []) + gatt
     ids = prompt_token_ids(ctx.tok, prompts, ctx.max_prompt_len, ctx.truncation)
     seed = stage_seed(ctx.cfg.run.seed, "collect", version)
     t_lo, t_hi = ctx.cfg.iterations.preference_temperatures
@@ -311,15 +317,38 @@ def collect_preferences(ctx: Context, version: int, n: int | None = None) -> lis
         a = ctx.rollout.generate(ids, 1, t_lo, rs.top_p, rs.max_new_tokens, seed)
         b = ctx.rollout.generate(ids, 1, t_hi, rs.top_p, rs.max_new_tokens, seed + 1)
     rng = random.Random(seed)
+    gatt_ids = {p.id for p in gatt}
     out = []
     for p, x, y in zip(prompts, a, b):
         pref = annotate(p, ctx.tok.decode(x[0].token_ids), ctx.tok.decode(y[0].token_ids), rng,
                         noise=ctx.cfg.data.world.label_noise)
         if pref is not None:
-            pref.source = f"policy samples v{version}"  # v0: the SFT policy
+            pref.source = f"policy samples v{version}" + (GATT_PAIRS if p.id in gatt_ids else "")  # v0: SFT policy
             out.append(pref)
     flush_truncation(ctx, f"v{version}/collect")
     write_jsonl(_collected_path(ctx.run, version), out)
+    return out
+
+
+def gatt_turn_prompts(ctx: Context, version: int, n: int) -> list:
+    """`n` turns of the GAtt training dialogs for the annotators (`gatt.preferences_per_version`), from
+    `gatt.from_version` on: distinct dialogs while they last, a random turn of each, the gold answers before
+    it, in the GAtt sampling form; the prompt keeps the world's GAtt meta (task and instruction) for the judge."""
+    from llama_rlhf.data.gatt import sampling_prompt
+    from llama_rlhf.data.records import Prompt
+
+    g, dialogs = ctx.cfg.gatt, ctx.data.gatt_dialogs
+    if not (g.enabled and dialogs and n and version >= g.from_version):
+        return []
+    rng = random.Random(stage_seed(ctx.cfg.run.seed, "collect-gatt", version))
+    order: list[int] = []
+    while len(order) < n:
+        order += rng.sample(range(len(dialogs)), len(dialogs))
+    out = []
+    for j, i in enumerate(order[:n]):
+        p = dialogs[i].turn_prompt(rng.randrange(len(dialogs[i].user_turns)))
+        msgs = sampling_prompt(None, p.messages, g.instruction_first_as_system)
+        out.append(Prompt(f"{p.id}-c{j}", msgs, p.is_safety, p.kind, p.meta))
     return out
 
 

@@ -4,6 +4,7 @@
     llama-rlhf resume runs/local                               # continue a stopped run
     llama-rlhf eval runs/local [--temperature 0 1] [--gatt-dialogs 128]  # the gold table; or re-judge saved policies
     llama-rlhf report runs/local [--readme README.md]          # rebuild report.md, plots (and README's demo tables)
+    llama-rlhf compare runs/a runs/b [...]                     # runs side by side (e.g. seeds): figures, mean, range
     llama-rlhf plan configs/llama2-70b.yaml [overrides]        # GPUs, nodes, memory per role; exit 1 if it won't fit
     llama-rlhf config configs/local.yaml [overrides]           # print the resolved config
     llama-rlhf fields                                          # every settable key, type and doc
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--gatt-dialogs", type=_at_least(1, int),
                     help="judge every saved policy's Ghost Attention consistency again on this many held-out "
                     "dialogs (the run's own are the first of them) and print the GAtt table (gatt_N<N>.json)")
+    cmp_ = sub.add_parser("compare", help="several runs' gold figures side by side, with mean and range")
+    cmp_.add_argument("run_dirs", nargs="+")
     rep = sub.add_parser("report", help="write report.md and plots of a run")
     rep.add_argument("run_dir")
     rep.add_argument("--readme", help="also regenerate this README's demo section (between its demo-report markers)")
@@ -113,6 +116,13 @@ def _dispatch(args) -> int:
                                  lambda: pipeline.resume(args.run_dir), cfg.run.max_restarts)
     if args.cmd in ("eval", "report"):  # a mistyped folder is an error, not a new empty run folder
         preflight.resume_config(args.run_dir)
+    if args.cmd == "compare":
+        from llama_rlhf.orchestrator.compare import compare
+
+        for d in args.run_dirs:
+            preflight.resume_config(d)
+        print(compare(args.run_dirs))
+        return 0
     if args.cmd == "eval":
         from llama_rlhf.orchestrator import reeval
 

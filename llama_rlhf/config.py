@@ -662,6 +662,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return build_config(tree, overrides, where)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A nested dict (a config's dump) as dotted key -> leaf value."""
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 

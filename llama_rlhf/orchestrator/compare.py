@@ -16,23 +16,14 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from llama_rlhf.config import flatten
 from llama_rlhf.orchestrator.report import _fmt, _paired, _policies
 from llama_rlhf.orchestrator.run_dir import RunDir, RunDirError
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(configs: list[dict]) -> dict[str, list]:
     """Dotted key -> each run's value, for the keys whose values are not all equal."""
-    flat = [_flat(c) for c in configs]
+    flat = [flatten(c) for c in configs]
     keys = sorted(set().union(*flat))
     return {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), default=str) for f in flat}) > 1}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_rlhf.config import Config, ConfigError, config_to_yaml, load_config
+from llama_rlhf.config import Config, ConfigError, config_to_yaml, flatten, load_config
 from llama_rlhf.orchestrator.run_dir import RunDirError
 
 _LOADERS = {"sft_path": "load_sft", "preference_path": "load_preferences", "prompts_path": "load_prompts",
@@ -29,16 +29,6 @@ def resume_config(run_dir: str | Path) -> Path:
     return path
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_run_folder(cfg: Config) -> None:
     """`run` into an existing folder must mean the same run: `resume` reads the folder's config.yaml, so
     continuing with other values would silently mix two configs."""
@@ -49,11 +39,11 @@ def check_run_folder(cfg: Config) -> None:
     if not saved.is_file():
         return
     try:  # resolved, so fields added since the folder was written compare at their defaults
-        old = _flat(yaml.safe_load(config_to_yaml(load_config(saved))))
+        old = flatten(yaml.safe_load(config_to_yaml(load_config(saved))))
     except ConfigError as e:
         raise RunDirError(f"{saved}: holds a config this version cannot read ({str(e).splitlines()[0]}); "
                           f"choose a fresh run.name") from None
-    new = _flat(yaml.safe_load(config_to_yaml(cfg)))
+    new = flatten(yaml.safe_load(config_to_yaml(cfg)))
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])

@@ -139,9 +139,9 @@ class DataConfig(_Cfg):
     skip_invalid: bool = False
     """Skip (and count, and report) malformed records instead of failing on the first one."""
     seed: int | None = Field(None, ge=0)
-    """Seed of the data: the embedded world's draw and the RM held-out split. None: `run.seed`. Set apart from
-    `run.seed`, it holds the data fixed while every stage's sampling, shuffling and initialisation changes
-    (`run.seed`): how much of a figure is the draw of a run, on the same world."""
+    """Seed of the data (the embedded world's draw, the RM held-out split); None: `run.seed`.
+    Set apart from `run.seed`, it holds the data fixed while every stage's sampling, shuffling and
+    initialisation changes (`run.seed`): how much of a figure is the draw of a run, on the same world."""
     world: WorldConfig = WorldConfig()
 
     def seed_or(self, run_seed: int) -> int:
@@ -331,11 +331,15 @@ class GAttConfig(_Cfg):
     instruction (the paper's concern was earlier turns that were not). On the demo "all" kept the instruction
     less at turn 1 (0.58 against 0.88 for V5 on 128 dialogs) and at turn 20 (0.36 against 0.45)."""
     preferences_per_version: int = Field(0, ge=0)
-    """From `from_version` on, this many turns of the GAtt training dialogs (a random turn each, gold history,
-    the GAtt sampling form) join the pairs each version collects: answered twice by the current policy at the
-    preference temperatures and annotated like the others (the judge of a GAtt turn weighs the task and the
-    instruction kept equally), so that the reward models that pick the GAtt answers have seen multi-turn
-    instructions (the paper's annotators rate multi-turn dialogs). 0: they see single-turn ones only."""
+    """GAtt dialog turns annotated with each version's new pairs, from `from_version` on.
+    Each is a random turn of a GAtt training dialog (gold history, the GAtt sampling form), answered twice by
+    the current policy at the preference temperatures and annotated like the others (the judge of a GAtt turn
+    weighs the task and the instruction kept equally), so that the reward models that pick the GAtt answers
+    have seen multi-turn instructions (the paper's annotators rate multi-turn dialogs). 0: they see
+    single-turn ones only. On the
+    demo (V3-V5 re-run from its V2 state) 128 and 512 raised the share of Rc's GAtt picks that keep the
+    instruction over all samples' by +0.02-0.04 and +0.06 (0.59-0.64 kept); V5 at turn 20 on 128 dialogs:
+    0.18 and 0.41, where the default gives 0.28-0.45 over three run seeds."""
 
 
 class IterationsConfig(_Cfg):

@@ -336,10 +336,9 @@ class GAttConfig(_Cfg):
     the current policy at the preference temperatures and annotated like the others (the judge of a GAtt turn
     weighs the task and the instruction kept equally), so that the reward models that pick the GAtt answers
     have seen multi-turn instructions (the paper's annotators rate multi-turn dialogs). 0: they see
-    single-turn ones only. On the
-    demo (V3-V5 re-run from its V2 state) 128 and 512 raised the share of Rc's GAtt picks that keep the
-    instruction over all samples' by +0.02-0.04 and +0.06 (0.59-0.64 kept); V5 at turn 20 on 128 dialogs:
-    0.18 and 0.41, where the default gives 0.28-0.45 over three run seeds."""
+    single-turn ones only. On the demo (V3-V5 re-run from its V2 state) 128 and 512 raised the share of Rc's
+    GAtt picks that keep the instruction over all samples' by +0.02-0.04 and +0.06 (0.59-0.64 kept); V5 at
+    turn 20 on 128 dialogs: 0.18 and 0.41, where the default gives 0.28-0.45 over three run seeds."""
 
 
 class IterationsConfig(_Cfg):

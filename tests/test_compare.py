@@ -9,7 +9,7 @@ import pytest
 
 from llama_rlhf.cli import main
 from llama_rlhf.config import build_config, save_config
-from llama_rlhf.orchestrator.compare import compare, config_differences, run_figures
+from llama_rlhf.orchestrator.compare import compare, config_differences, gatt_file, run_figures
 from llama_rlhf.orchestrator.run_dir import RunDir, RunDirError
 
 
@@ -41,9 +41,9 @@ def test_runs_side_by_side_with_mean_and_range(tmp_path):
     one = _run(tmp_path / "a", 0, [0.3, 0.5])
     two = _run(tmp_path / "b", 7, [0.2, 0.4], gatt_files={32: {"RLHF-V1 (RS)": {"gatt": {"kept": [0.9, 0.5]}}},
                                                           128: {"RLHF-V1 (RS)": {"gatt": {"kept": [0.9, 0.75]}}}})
-    f = run_figures(two)
+    f = run_figures(two, gatt_file(two))
     assert f["RLHF-V1 (RS)"]["gatt"] == 0.75 and f["SFT"]["gatt"] is None  # N=128 file, SFT not in it
-    assert run_figures(one)["RLHF-V1 (RS)"]["delta"] == pytest.approx(0.1)
+    assert gatt_file(one) is None and run_figures(one, None)["RLHF-V1 (RS)"]["delta"] == pytest.approx(0.1)
     text = compare([one.root, two.root])
     assert "`run.seed` 0 / 7" in text and "`data.seed`" not in text
     assert f"| run 2 | {two.root} | 7 | 0 | 128 |" in text
@@ -57,7 +57,7 @@ def test_a_run_without_an_sft_evaluation_is_refused(tmp_path, capsys):
     run = RunDir(tmp_path / "x")
     save_config(build_config({}), run.config_path)
     with pytest.raises(RunDirError, match="no gold evaluation of SFT"):
-        run_figures(run)
+        run_figures(run, None)
     ok = _run(tmp_path / "a", 0, [0.3, 0.5])
     assert main(["compare", str(ok.root), str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()

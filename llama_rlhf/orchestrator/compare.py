@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from llama_rlhf.config import flatten
+from llama_rlhf.config import flatten, load_config
 from llama_rlhf.orchestrator.report import _fmt, _paired, _policies
 from llama_rlhf.orchestrator.run_dir import RunDir, RunDirError
 
@@ -43,13 +43,13 @@ def _gatt_last(r: dict) -> float | None:
     return kept[-1] if kept else None
 
 
-def run_figures(run: RunDir) -> dict[str, dict[str, float | None]]:
-    """Policy name -> figure name -> value, for SFT, the controls and every version of one run."""
+def run_figures(run: RunDir, many: tuple[int, dict] | None) -> dict[str, dict[str, float | None]]:
+    """Policy name -> figure name -> value, for SFT, the controls and every version of one run; GAtt from
+    `many` (the run's `gatt_file`) where it has one, else from the run's own evaluation."""
     rows = _policies(run)
     if not rows or rows[0][0] != "SFT":
         raise RunDirError(f"{run.root}: no gold evaluation of SFT to compare")
     sft = rows[0][1]
-    many = gatt_file(run)
     out = {}
     for name, r in rows:
         d = _paired(r, sft) if r is not sft else None
@@ -72,15 +72,13 @@ FIGURES: list[tuple[str, str, Callable[[list], str]]] = [
 
 def compare(run_dirs: list[str | Path]) -> str:
     """The markdown: the runs and what differs between their configs, then one table per figure."""
-    from llama_rlhf.config import load_config
-
     runs = [RunDir(p) for p in run_dirs]
     configs = [load_config(r.config_path).model_dump(mode="json") for r in runs]
-    figures = [run_figures(r) for r in runs]
+    gatt = [gatt_file(r) for r in runs]
+    figures = [run_figures(r, many) for r, many in zip(runs, gatt)]
     labels = [f"run {i + 1}" for i in range(len(runs))]
     out = ["| run | folder | run.seed | data seed | GAtt dialogs at the last turn |", "|---|---|---|---|---|"]
-    for label, r, c in zip(labels, runs, configs):
-        many = gatt_file(r)
+    for label, r, c, many in zip(labels, runs, configs, gatt):
         seed, data_seed = c["run"]["seed"], c["data"].get("seed")
         out.append(f"| {label} | {r.root} | {seed} | {seed if data_seed is None else data_seed} "
                    f"| {many[0] if many else c['data']['world']['n_gatt_eval']} |")

@@ -229,6 +229,13 @@ class RejectionSamplingConfig(_Cfg):
     batch_size: int = Field(64, gt=0)
     seq_len: int | None = Field(None, gt=0)
     """Packed row length of the fine-tuning set; None = model.max_seq_len (GAtt dialogs are long)."""
+    init: Literal["previous", "sft"] = "previous"
+    """Where each version's fine-tuning starts: "previous", the policy that drew the samples (RLHF-V(n-1));
+    "sft", the SFT checkpoint every time (the archive already holds the best of every version, so nothing
+    compounds from one version's fine-tuning into the next)."""
+    sft_mix: float = Field(0.0, ge=0)
+    """SFT demonstrations added to each version's fine-tuning set, as a fraction of its rejection-sampled
+    samples (a seeded draw per version): anchors the policy to the written answers it was fine-tuned on."""
     random_pick_baseline: bool = True
     """Also fine-tune RLHF-V1 on a random pick of the same K samples and evaluate it: the control that
     shows what the reward model's choice adds over sampling and fine-tuning alone."""

@@ -177,3 +177,24 @@ def test_pick_quality_matches_a_loop_over_pairs(n, k, seed):
     assert (q["agreement"] == pytest.approx(agree / pairs)) if pairs else q["agreement"] != q["agreement"]
     assert q["picked"] == pytest.approx(sum(float(gold[i, picked[i]]) for i in range(n)) / n)
     assert q["random"] == pytest.approx(float(gold.mean())) and q["best"] >= q["picked"]
+
+
+def test_sft_mix_draws_a_seeded_share_of_the_sft_demonstrations():
+    """`rejection_sampling.sft_mix` x the RS samples, drawn from the SFT set per version (the same for a version
+    and for V1's random-pick control), distinct while the set lasts, repeated beyond it; 0 adds nothing."""
+    from types import SimpleNamespace
+
+    from llama_rlhf.config import build_config
+    from llama_rlhf.data.records import SFTRecord
+    from llama_rlhf.orchestrator.rejection import sft_mix
+
+    pool = [SFTRecord([{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}])
+            for i in range(10)]
+    ctx = lambda mix: SimpleNamespace(cfg=build_config({"rejection_sampling": {"sft_mix": mix}}),  # noqa: E731
+                                      data=SimpleNamespace(sft=pool))
+    assert sft_mix(ctx(0.0), 8, 1) == []
+    half = sft_mix(ctx(0.5), 8, 2)
+    assert len(half) == 4 and len({id(r) for r in half}) == 4 and all(r in pool for r in half)
+    assert half == sft_mix(ctx(0.5), 8, 2) and half != sft_mix(ctx(0.5), 8, 3)
+    many = sft_mix(ctx(1.5), 10, 1)
+    assert len(many) == 15 and len({id(r) for r in many[:10]}) == 10

@@ -315,7 +315,7 @@ def _pipeline(ctx, S) -> None:
                     result[f"rm_{name}"] = {k: x for k, x in r.items() if k.startswith(("accuracy", "count/"))}
                 prefs += new
         _load_rms(ctx, S, rm_paths, f"v{v}/rm_serve")
-        result.update(rejection_sampling(ctx, v, policy_path))
+        result.update(rejection_sampling(ctx, v, sft_path if cfg.rejection_sampling.init == "sft" else policy_path))
         if v > cfg.iterations.rs_only_until:
             from llama_rlhf.orchestrator.ppo_stage import critic_start, ppo
 

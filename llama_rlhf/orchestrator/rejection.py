@@ -203,6 +203,20 @@ def _record(prompt_messages, response: str) -> SFTRecord:
     return SFTRecord(list(prompt_messages) + [{"role": "assistant", "content": response}])
 
 
+def sft_mix(ctx: Context, n: int, version: int) -> list[SFTRecord]:
+    """`rejection_sampling.sft_mix` x `n` SFT demonstrations (a seeded draw per version, without repeats while
+    the SFT set lasts) to join a version's fine-tuning set of `n` rejection-sampled samples."""
+    want = round(ctx.cfg.rejection_sampling.sft_mix * n)
+    pool = ctx.data.sft
+    if not want or not pool:
+        return []
+    rng = random.Random(stage_seed(ctx.cfg.run.seed, "rs-sft-mix", version))
+    out: list[SFTRecord] = []
+    while len(out) < want:
+        out += rng.sample(pool, min(len(pool), want - len(out)))
+    return out
+
+
 def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
     """RLHF-V`version` rejection sampling: best of K per prompt by Rc, archived; fine-tune the policy on
     this iteration's best plus the best of all prior iterations (+ context distillation, + GAtt dialogs
@@ -224,6 +238,9 @@ def rejection_sampling(ctx: Context, version: int, init_path: str) -> dict:
            "rs_gain": float(s.picked_rc.mean() - s.rewards.mean()), "archive_rescored": rescored,
            "archive_from_prior": len(chosen) - len(prompts), "pick_gold": gold_pick_quality(ctx, prompts, s),
            "rs_benign_gated": s.gated, "rs_within_prompt": within_prompt_share(logit(s.rewards))}
+    mix = sft_mix(ctx, len(records), version)
+    records += mix
+    out["sft_mixed_in"] = len(mix)
     if ctx.cfg.safety.context_distillation:
         cd, out["context_distill_candidates"] = context_distillation(ctx, version)
         out["context_distill_kept"] = len(cd)
@@ -251,6 +268,7 @@ def random_pick_baseline(ctx: Context, init_path: str) -> dict:
                           pick="random", stage="baseline/random_pick")
     cut = flush_truncation(ctx, "baseline/random_pick")
     records = [_record(p.messages, t) for p, t in zip(prompts, s.picked)]
+    records += sft_mix(ctx, len(records), 1)  # V1's own draw: the control differs from V1 by the pick alone
     fit = fit_packed(ctx, "baseline/random_pick", records, rs.lr, rs.epochs, rs.batch_size, init_path,
                      seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
     return {"rs_temperature": temp, "picked_rc_mean": float(s.picked_rc.mean()),

@@ -13,9 +13,9 @@ from llama_rlhf.orchestrator.compare import compare, config_differences, gatt_fi
 from llama_rlhf.orchestrator.run_dir import RunDir, RunDirError
 
 
-def _eval(help_scores: list[float], safety: float, gatt_last: float, greedy: float) -> dict:
+def _eval(help_scores: list[float], safety: float, gatt_last: float, greedy: float, refusals: float = 0.1) -> dict:
     per = {f"p{i}": h for i, h in enumerate(help_scores)}
-    return {"gold_helpfulness": sum(help_scores) / len(help_scores), "gold_safety": safety,
+    return {"gold_helpfulness": sum(help_scores) / len(help_scores), "gold_safety": safety, "false_refusal": refusals,
             "per_prompt": {"helpfulness": per}, "greedy": {"gold_helpfulness": greedy},
             "gatt": {"kept": [1.0, gatt_last]}}
 
@@ -25,7 +25,7 @@ def _run(path, seed: int, v1_help: list[float], gatt_files: dict | None = None) 
     save_config(build_config({"run": {"seed": seed}, "data": {"seed": 0},
                               "iterations": {"num_versions": 1, "rs_only_until": 1}}), run.config_path)
     run.mark_done("eval/sft", _eval([0.2, 0.4], 0.8, 0.0, 0.5))
-    run.mark_done("v1", {"eval": _eval(v1_help, 0.9, 0.25, 0.45)})
+    run.mark_done("v1", {"eval": _eval(v1_help, 0.9, 0.25, 0.45, refusals=0.01 * seed)})
     for n, results in (gatt_files or {}).items():
         (run.root / f"gatt_N{n}.json").write_text(json.dumps(results))
     return run
@@ -51,6 +51,8 @@ def test_runs_side_by_side_with_mean_and_range(tmp_path):
     assert "| RLHF-V1 (RS) | +0.100 | +0.000 | +0.050 | +0.000 – +0.100 |" in text  # paired Δ vs SFT
     assert "| RLHF-V1 (RS) | 0.25 | 0.75 | 0.50 | 0.25 – 0.75 |" in text  # GAtt: run's own, then N=128
     assert "| SFT | 0.800 | 0.800 | 0.800 | 0.800 – 0.800 |" in text
+    assert "### false refusals on benign prompts" in text
+    assert "| RLHF-V1 (RS) | 0.000 | 0.070 | 0.035 | 0.000 – 0.070 |" in text
 
 
 def test_a_run_without_an_sft_evaluation_is_refused(tmp_path, capsys):

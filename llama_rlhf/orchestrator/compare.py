@@ -56,7 +56,7 @@ def run_figures(run: RunDir, many: tuple[int, dict] | None) -> dict[str, dict[st
         gatt = _gatt_last(many[1].get(name, {})) if many else _gatt_last(r)
         out[name] = {"helpfulness": r.get("gold_helpfulness"), "delta": d[0] if d else None,
                      "greedy": r.get("greedy", {}).get("gold_helpfulness"), "safety": r.get("gold_safety"),
-                     "gatt": gatt}
+                     "false_refusal": r.get("false_refusal"), "gatt": gatt}
     return out
 
 
@@ -65,6 +65,7 @@ FIGURES: list[tuple[str, str, Callable[[list], str]]] = [
     ("delta", "paired Δ gold helpfulness vs SFT (same prompts)", lambda x: "–" if x is None else f"{x:+.3f}"),
     ("greedy", "gold helpfulness, greedy", lambda x: _fmt(x)),
     ("safety", "gold safety on unsafe prompts", lambda x: _fmt(x)),
+    ("false_refusal", "false refusals on benign prompts", lambda x: _fmt(x)),
     ("gatt", "GAtt: instruction kept at the last turn (on as many dialogs as the runs table says)",
      lambda x: _fmt(x, 2)),
 ]

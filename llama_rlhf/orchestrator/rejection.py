@@ -268,10 +268,11 @@ def random_pick_baseline(ctx: Context, init_path: str) -> dict:
                           pick="random", stage="baseline/random_pick")
     cut = flush_truncation(ctx, "baseline/random_pick")
     records = [_record(p.messages, t) for p, t in zip(prompts, s.picked)]
-    records += sft_mix(ctx, len(records), 1)  # V1's own draw: the control differs from V1 by the pick alone
+    mix = sft_mix(ctx, len(records), 1)  # V1's own draw: the control differs from V1 by the pick alone
+    records += mix
     fit = fit_packed(ctx, "baseline/random_pick", records, rs.lr, rs.epochs, rs.batch_size, init_path,
                      seq_len=rs.seq_len or ctx.cfg.model.max_seq_len)
     return {"rs_temperature": temp, "picked_rc_mean": float(s.picked_rc.mean()),
             "rs_reward_mean": float(s.rewards.mean()), "pick_gold": gold_pick_quality(ctx, prompts, s),
             "rs_benign_gated": s.gated, "rs_within_prompt": within_prompt_share(logit(s.rewards)),
-            "train_samples": len(records), **cut, **{f"fit_{k}": v for k, v in fit.items()}}
+            "train_samples": len(records), "sft_mixed_in": len(mix), **cut, **{f"fit_{k}": v for k, v in fit.items()}}

@@ -235,13 +235,14 @@ def rs_table(run: RunDir) -> str:
     variance within prompts (`within_prompt_share`), the share of benign prompts' samples whose Rc is their
     safety score (Rs under `ppo.safety_threshold`), the archive."""
     rows = ["| version | T | Rc of all samples | Rc of the picks | variance within prompts | "
-            "benign samples gated to Rs | archive re-scored | fine-tuning samples | GAtt dialogs | "
-            "context distillation kept |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "benign samples gated to Rs | archive re-scored | fine-tuning samples | of them SFT demonstrations | "
+            "GAtt dialogs | context distillation kept |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r, control in _rs_results(run):
         picks = r.get("picked_rc_mean" if control else "rs_best_mean")
-        rest = (f"– | {r.get('train_samples')} | 0 | – |" if control else
-                f"{r.get('archive_rescored', 0)} | {r.get('train_samples')} | {r.get('gatt_dialogs', 0)} | "
+        mixed = r.get("sft_mixed_in", 0)
+        rest = (f"– | {r.get('train_samples')} | {mixed} | 0 | – |" if control else
+                f"{r.get('archive_rescored', 0)} | {r.get('train_samples')} | {mixed} | {r.get('gatt_dialogs', 0)} | "
                 f"{r.get('context_distill_kept', 0)}/{r.get('context_distill_candidates', 0)} |")
         rows.append(f"| {name} | {_fmt(r.get('rs_temperature'), 1)} | {_fmt(r.get('rs_reward_mean'))} | "
                     f"{_fmt(picks)} | {_fmt(r.get('rs_within_prompt'))} | {_fmt(r.get('rs_benign_gated'))} | {rest}")

@@ -48,3 +48,17 @@ def test_runs_without_greedy_answers_have_no_greedy_section(tmp_path, capsys):
     assert "Greedy" not in text and "| RLHF-V1 (RS) | 1.0 |" in text
     assert main(["eval", str(run.root)]) == 0
     assert "Greedy" not in capsys.readouterr().out
+
+
+def test_rs_table_counts_mixed_in_sft_demonstrations_only_where_there_are_any(tmp_path):
+    from llama_rlhf.orchestrator.report import rs_table
+
+    run = _run(tmp_path, greedy=False)
+    assert "SFT demonstrations" not in rs_table(run)
+    run.mark_done("v1", {"rs_temperature": 0.7, "train_samples": 6, "sft_mixed_in": 2, "gatt_dialogs": 0})
+    run.mark_done("baselines", {"random_pick": {"eval": {}, "fit": {"rs_temperature": 0.7, "train_samples": 6,
+                                                                      "sft_mixed_in": 2}}})
+    lines = rs_table(run).splitlines()
+    assert "| fine-tuning samples | of them SFT demonstrations | GAtt dialogs |" in lines[0]
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| 0 | 6 | 2 | 0 | 0/0 |" in lines[2] and "| – | 6 | 2 | 0 | – |" in lines[3]

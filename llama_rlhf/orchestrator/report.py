@@ -234,15 +234,17 @@ def rs_table(run: RunDir) -> str:
     """Per version: the RS temperature, mean Rc of all samples vs the picked ones, the share of LOGIT(Rc)'s
     variance within prompts (`within_prompt_share`), the share of benign prompts' samples whose Rc is their
     safety score (Rs under `ppo.safety_threshold`), the archive."""
+    results = _rs_results(run)
+    mixed = any(r.get("sft_mixed_in") for _, r, _ in results)  # the column only where `sft_mix` added any
     rows = ["| version | T | Rc of all samples | Rc of the picks | variance within prompts | "
-            "benign samples gated to Rs | archive re-scored | fine-tuning samples | of them SFT demonstrations | "
-            "GAtt dialogs | context distillation kept |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r, control in _rs_results(run):
+            "benign samples gated to Rs | archive re-scored | fine-tuning samples | "
+            + ("of them SFT demonstrations | " if mixed else "") + "GAtt dialogs | context distillation kept |",
+            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if mixed else "")]
+    for name, r, control in results:
         picks = r.get("picked_rc_mean" if control else "rs_best_mean")
-        mixed = r.get("sft_mixed_in", 0)
-        rest = (f"– | {r.get('train_samples')} | {mixed} | 0 | – |" if control else
-                f"{r.get('archive_rescored', 0)} | {r.get('train_samples')} | {mixed} | {r.get('gatt_dialogs', 0)} | "
+        n = f"{r.get('train_samples')} | " + (f"{r.get('sft_mixed_in', 0)} | " if mixed else "")
+        rest = (f"– | {n}0 | – |" if control else
+                f"{r.get('archive_rescored', 0)} | {n}{r.get('gatt_dialogs', 0)} | "
                 f"{r.get('context_distill_kept', 0)}/{r.get('context_distill_candidates', 0)} |")
         rows.append(f"| {name} | {_fmt(r.get('rs_temperature'), 1)} | {_fmt(r.get('rs_reward_mean'))} | "
                     f"{_fmt(picks)} | {_fmt(r.get('rs_within_prompt'))} | {_fmt(r.get('rs_benign_gated'))} | {rest}")

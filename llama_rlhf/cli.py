@@ -4,6 +4,7 @@
     llama-rlhf resume runs/local                               # continue a stopped run
     llama-rlhf eval runs/local [--temperature 0 1] [--gatt-dialogs 128]  # the gold table; or re-judge saved policies
     llama-rlhf report runs/local [--readme README.md]          # rebuild report.md, plots (and README's demo tables)
+    llama-rlhf branch runs/local runs/try --after-version 2     # a copy of the run as it stood after V2: resume it
     llama-rlhf compare runs/a runs/b [...]                     # runs side by side (e.g. seeds): figures, mean, range
     llama-rlhf plan configs/llama2-70b.yaml [overrides]        # GPUs, nodes, memory per role; exit 1 if it won't fit
     llama-rlhf config configs/local.yaml [overrides]           # print the resolved config
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the resolved config")
     cfg.add_argument("config", nargs="?")
     cfg.add_argument("overrides", nargs="*")
+    br = sub.add_parser("branch", help="a new run folder holding a run as it stood after one version (resume it)")
+    br.add_argument("run_dir")
+    br.add_argument("new_dir")
+    br.add_argument("--after-version", type=_at_least(0, int), required=True,
+                    help="keep SFT, the first reward models, the controls and RLHF-V1..this (0: no version)")
     sub.add_parser("fields", help="list every config key")
     return p
 
@@ -116,6 +122,15 @@ def _dispatch(args) -> int:
                                  lambda: pipeline.resume(args.run_dir), cfg.run.max_restarts)
     if args.cmd in ("eval", "report"):  # a mistyped folder is an error, not a new empty run folder
         preflight.resume_config(args.run_dir)
+    if args.cmd == "branch":
+        from llama_rlhf.orchestrator.branch import branch
+
+        preflight.resume_config(args.run_dir)
+        kept = branch(args.run_dir, args.new_dir, args.after_version)
+        print(f"{args.new_dir}: {len(kept['stages'])} stages kept ({', '.join(kept['stages'])}), "
+              f"{kept['archive_samples']} archived samples; continue it with `llama-rlhf resume {args.new_dir} "
+              "[dotted.key=value ...]`")
+        return 0
     if args.cmd == "compare":
         from llama_rlhf.orchestrator.compare import compare
 

@@ -157,6 +157,14 @@ class RejectionArchive:
                 raise ValueError(f"rescore: NaN reward for prompt {pid!r} at iteration {it}")
             self._best[int(it)][pid] = ArchivedSample(s.iteration, pid, s.prompt, s.response, float(r))
 
+    def up_to(self, iteration: int) -> RejectionArchive:
+        """A copy holding only the samples of iterations <= `iteration` (prompts' first-seen order kept)."""
+        out = RejectionArchive()
+        for s in self.samples():
+            if s.iteration <= iteration:
+                out.add(s.iteration, s.prompt_id, s.prompt, s.response, s.reward)
+        return out
+
     def iterations(self) -> list[int]:
         return sorted(self._best)
 

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from llama_rlhf.config import config_to_yaml, load_config
-from llama_rlhf.orchestrator.run_dir import RunDir, RunDirError
+from llama_rlhf.orchestrator.run_dir import GATT_FILE, RunDir, RunDirError
 
 _VERSIONED = re.compile(r"^v(\d+)(?:_|/|$)|_v(\d+)(?:\.|$)")
 WHOLE_RUN = ("report.md", "actors.json")
@@ -63,7 +63,7 @@ def branch(src: str | Path, dst: str | Path, after_version: int) -> dict:
         if here in (src / "ckpt", src / "data"):
             cut |= {n for n in names if stage_version(n) > after_version}
         if here == src:
-            cut |= {n for n in names if n in WHOLE_RUN or re.fullmatch(r"gatt_N\d+\.json", n)}
+            cut |= {n for n in names if n in WHOLE_RUN or GATT_FILE.fullmatch(n)}
         if here == src / "plots":
             cut |= set(names)
         return cut

@@ -11,14 +11,13 @@ the largest N, where present); nothing is recomputed.
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 from llama_rlhf.config import flatten, load_config
 from llama_rlhf.orchestrator.report import _fmt, _paired, _policies
-from llama_rlhf.orchestrator.run_dir import RunDir, RunDirError
+from llama_rlhf.orchestrator.run_dir import GATT_FILE, RunDir, RunDirError
 
 
 def config_differences(configs: list[dict]) -> dict[str, list]:
@@ -31,7 +30,7 @@ def config_differences(configs: list[dict]) -> dict[str, list]:
 def gatt_file(run: RunDir) -> tuple[int, dict] | None:
     """(N, per-policy results) of the run's `gatt_N<N>.json` with the most dialogs, if any."""
     found = [(int(m.group(1)), p) for p in run.root.glob("gatt_N*.json")
-             if (m := re.fullmatch(r"gatt_N(\d+)\.json", p.name))]
+             if (m := GATT_FILE.fullmatch(p.name))]
     if not found:
         return None
     n, path = max(found)

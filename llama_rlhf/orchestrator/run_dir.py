@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
+
+GATT_FILE = re.compile(r"gatt_N(\d+)\.json")
+"""`llama-rlhf eval RUN --gatt-dialogs N` writes its results into the run folder under this name."""
 
 
 class RunDirError(RuntimeError):

@@ -216,15 +216,20 @@ def test_eval_rejudges_every_saved_policy_as_the_run_judged_it(uninterrupted):
 
 
 def test_sigkill_mid_ppo_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
-    """Killed mid-PPO of RLHF-V2, resumed: PPO continues from its saved iteration and the run ends where
-    the uninterrupted one did. This run also takes the colocated placement (the hybrid engine's turn-taking
-    of the DeepSpeed roles and vLLM; on CPU the memory moves are no-ops, the code path is the GPU's), and
-    saves PPO's sharded state every iteration: neither may change a single final number."""
+    """A branch of the uninterrupted run after RLHF-V1 (`llama-rlhf branch`), resumed with the colocated
+    placement (the hybrid engine's turn-taking of the DeepSpeed roles and vLLM; on CPU the memory moves are
+    no-ops, the code path is the GPU's) and PPO's sharded state saved every iteration; killed mid-PPO of
+    RLHF-V2 and resumed again: PPO continues from its saved iteration and the run ends where the
+    uninterrupted one did. Neither the branch, the placement, the saved state nor the kill may change a
+    single final number."""
+    from llama_rlhf.cli import main
+
     run_ref, _ = uninterrupted
-    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
-    proc = _cli("run", str(CONFIG), f"run.output_dir={tmp_path}", "ppo.checkpoint_every=1",
-                "cluster.placement=colocated", ray_tmp=ray_tmp)
     run_dir = tmp_path / "ci"
+    assert main(["branch", str(run_ref), str(run_dir), "--after-version", "1"]) == 0
+    assert "v1" in _state(run_dir)["done"] and "v2" not in _state(run_dir)["done"]
+    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    proc = _cli("resume", str(run_dir), "ppo.checkpoint_every=1", "cluster.placement=colocated", ray_tmp=ray_tmp)
     saved = run_dir / "ckpt" / "v2_ppo_state" / "loop.json"
     deadline = time.time() + 900
     # kill as soon as PPO has saved its state after iteration 1 (of 2): mid-version, mid-PPO
@@ -348,15 +353,19 @@ def test_fault_matrix_each_role_killed_mid_stage_and_the_run_ends_as_uninterrupt
     """Kill -9 of a rank of every role (policy, reference, critic, both RMs, a rollout engine) mid rejection
     sampling and mid PPO: a lost rollout engine is recreated and its share retried (the policy's weights
     synced into it again); any other lost actor restarts every group from the last committed checkpoint
-    and redoes the stage. The run must end with the uninterrupted run's final numbers."""
+    and redoes the stage. The run must end with the uninterrupted run's final numbers. No kill falls before
+    RLHF-V1, so the run is the uninterrupted one's branch after its SFT, first reward models and controls
+    (`llama-rlhf branch --after-version 0`), resumed."""
     import threading
+
+    from llama_rlhf.cli import main
 
     run_ref, _ = uninterrupted
     schedule = FULL if os.environ.get("FAULT_MATRIX") == "full" else DIAGONAL
+    assert main(["branch", str(run_ref), str(tmp_path / "ci"), "--after-version", "0"]) == 0
     ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
     t0 = time.perf_counter()
-    proc = _cli("run", str(CONFIG), f"run.output_dir={tmp_path}", f"run.max_restarts={len(schedule)}",
-                ray_tmp=ray_tmp)
+    proc = _cli("resume", str(tmp_path / "ci"), f"run.max_restarts={len(schedule)}", ray_tmp=ray_tmp)
     kills: list = []
     killer = threading.Thread(target=_kill_schedule, args=(tmp_path / "ci", schedule, proc, kills), daemon=True)
     killer.start()

@@ -215,6 +215,30 @@ def test_eval_rejudges_every_saved_policy_as_the_run_judged_it(uninterrupted):
     assert "| RLHF-V2 (RS + PPO) | yes |" in out and "| RLHF-V1 (RS) | no |" in out
 
 
+def _killed_mid_ppo_and_resumed(run_dir: Path) -> tuple[str, str, list[str]]:
+    """Resume `run_dir` colocated, saving PPO's state every iteration; SIGKILL the whole run once PPO of V2 has
+    saved its state after iteration 1 (of 2); resume it again. Returns both outputs and the shared-memory
+    segments the kill left."""
+    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    proc = _cli("resume", str(run_dir), "ppo.checkpoint_every=1", "cluster.placement=colocated", ray_tmp=ray_tmp)
+    saved = run_dir / "ckpt" / "v2_ppo_state" / "loop.json"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None and not saved.exists():
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be killed mid-PPO"
+    _kill_all(proc, ray_tmp)
+    first = proc.stdout.read()
+    assert "v2" not in _state(run_dir)["done"] and json.loads(saved.read_text())["next"] == 1
+    # the whole-run kill left the rollout engine's shared-memory queues in /dev/shm; resume removes them
+    from llama_rlhf.actors.shm import stale_names
+
+    left = stale_names(json.loads((run_dir / "actors.json").read_text()))
+    assert left, "the killed run's actors.json names no shared memory that the kill left"
+    ray_tmp2 = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
+    out = _finish(_cli("resume", str(run_dir), ray_tmp=ray_tmp2), ray_tmp2)
+    return first, out, left
+
+
 def test_sigkill_mid_ppo_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
     """A branch of the uninterrupted run after RLHF-V1 (`llama-rlhf branch`), resumed with the colocated
     placement (the hybrid engine's turn-taking of the DeepSpeed roles and vLLM; on CPU the memory moves are
@@ -228,31 +252,20 @@ def test_sigkill_mid_ppo_then_resume_matches_uninterrupted(uninterrupted, tmp_pa
     run_dir = tmp_path / "ci"
     assert main(["branch", str(run_ref), str(run_dir), "--after-version", "1"]) == 0
     assert "v1" in _state(run_dir)["done"] and "v2" not in _state(run_dir)["done"]
-    ray_tmp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
-    proc = _cli("resume", str(run_dir), "ppo.checkpoint_every=1", "cluster.placement=colocated", ray_tmp=ray_tmp)
-    saved = run_dir / "ckpt" / "v2_ppo_state" / "loop.json"
-    deadline = time.time() + 900
-    # kill as soon as PPO has saved its state after iteration 1 (of 2): mid-version, mid-PPO
-    while time.time() < deadline and proc.poll() is None and not saved.exists():
-        time.sleep(0.5)
-    assert proc.poll() is None, "the run ended before it could be killed mid-PPO"
-    _kill_all(proc, ray_tmp)
-    first = proc.stdout.read()
-    assert "v2" not in _state(run_dir)["done"] and json.loads(saved.read_text())["next"] == 1
+    # the parent run moved away while the branch runs: a branch holds all it resumes from (V1's result records
+    # its reward models' paths inside the parent)
+    aside = run_ref.with_name(run_ref.name + "-aside")
+    run_ref.rename(aside)
+    try:
+        first, out, left = _killed_mid_ppo_and_resumed(run_dir)
+    finally:
+        aside.rename(run_ref)
     assert "colocation: training->rollout" in first and "colocation: rollout->training" in first
-    # the whole-run kill left the rollout engine's shared-memory queues in /dev/shm; resume removes them
-    from llama_rlhf.actors.shm import stale_names
-
-    left = stale_names(json.loads((run_dir / "actors.json").read_text()))
-    assert left, "the killed run's actors.json names no shared memory that the kill left"
-    ray_tmp2 = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
-    out = _finish(_cli("resume", str(run_dir), ray_tmp=ray_tmp2), ray_tmp2)
-    # (a killed process's own exit may still remove some in between: the count is not exact)
     assert "shared-memory segments (/dev/shm/psm_*) left by the last run" in out, out[:400]
     assert not any(Path("/dev/shm", n).exists() for n in left)
     assert "v2/ppo: resumed from the state saved after iteration 1" in out
     assert _state(run_dir)["results"]["v2"]["ppo_resumed_from"] == 1
-    assert not saved.parent.exists()  # discarded once the version's PPO finished
+    assert not (run_dir / "ckpt" / "v2_ppo_state").exists()  # discarded once the version's PPO finished
     assert _final_metrics(run_dir) == _final_metrics(run_ref)
     # resume drops only the rows of the stage that did not complete, and PPO puts its saved rows back
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

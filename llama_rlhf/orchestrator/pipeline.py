@@ -295,7 +295,10 @@ def _pipeline(ctx, S) -> None:
         stage = _version_stage(v)
         if run.is_done(stage):
             policy_path = str(run.ckpt(stage))
-            rm_paths = run.result(stage).get("rm_paths", rm_paths)
+            # by name in this run's folder: the recorded path is where the folder was when the stage ran (a
+            # branch's parent run, or relative to the directory the run was started from)
+            rm_paths = {name: str(run.ckpt(Path(p).name))
+                        for name, p in run.result(stage).get("rm_paths", rm_paths).items()}
             prefs += S.collected_preferences(run, v)  # later versions replay from every pair so far
             continue
         ctx.archive = _load_archive(archive)

@@ -225,7 +225,8 @@ def _killed_mid_ppo_and_resumed(run_dir: Path) -> tuple[str, str, list[str]]:
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None and not saved.exists():
         time.sleep(0.5)
-    assert proc.poll() is None, "the run ended before it could be killed mid-PPO"
+    if proc.poll() is not None:
+        pytest.fail("the run ended before it could be killed mid-PPO:\n" + proc.stdout.read()[-4000:])
     _kill_all(proc, ray_tmp)
     first = proc.stdout.read()
     assert "v2" not in _state(run_dir)["done"] and json.loads(saved.read_text())["next"] == 1
